@@ -1,0 +1,325 @@
+"""Typed, validated run configuration: YAML in, one typed object out, one-line errors naming the key.
+
+Validation happens once, here, at the edge; the trainer and the predictor receive a ``Config`` and never
+look at raw dicts. ``load_config(path, overrides)`` applies ``--set a.b=c`` overrides (values parsed as
+YAML) before validating, so an override is checked exactly like a line of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medtrans.errors import MedtransError
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a misspelt option must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitFractions(_Strict):
+    """Subject-level split fractions (they must sum to 1)."""
+
+    train: float = Field(0.6, ge=0, le=1)
+    val: float = Field(0.2, ge=0, le=1)
+    test: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the scans are and which task to learn."""
+
+    root: Path
+    layout: str | None = None
+    sources: list[str] = Field(min_length=1)
+    target: str
+    paired: bool = True
+    dims: Literal["2d", "2.5d", "3d"] = "2d"
+    context: int = Field(3, ge=1, description="2.5D: slices stacked per source (odd, centre included)")
+    patch_size: list[int] | None = None
+    splits: SplitFractions = Field(default_factory=SplitFractions)
+    splits_file: Path | None = Field(None, description="a splits.json (e.g. another run's); wins over splits")
+    cache_dir: Path | None = None
+    samples_per_epoch: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("context")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd (the centre slice plus as many on each side), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.target in self.sources:
+            raise ValueError(f"target {self.target!r} is also a source")
+        if self.patch_size is not None:
+            want = 3 if self.dims == "3d" else 2
+            if len(self.patch_size) != want or min(self.patch_size) < 1:
+                raise ValueError(f"patch_size needs {want} positive sizes for dims {self.dims}")
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.dims == "3d" else 2
+
+    @property
+    def in_channels(self) -> int:
+        """Model input channels: each source, times the slice stack in 2.5D."""
+        stack = self.context if self.dims == "2.5d" else 1
+        return len(self.sources) * stack
+
+
+class PlanConfig(_Strict):
+    """Use an existing plan.json, or options passed to ``data.plan.make_plan``."""
+
+    path: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one(self) -> PlanConfig:
+        if self.path is not None and self.options:
+            raise ValueError("give either path or options, not both")
+        return self
+
+
+class Component(_Strict):
+    """A registered component (backbone, method, discriminator) and its constructor arguments."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    """Optimisation: one optimiser per method group, all sharing these settings unless overridden."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(2e-4, gt=0)
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup: int = Field(0, ge=0, description="linear warm-up steps")
+    step_size: int = Field(1000, ge=1, description="step schedule: multiply lr by gamma every step_size")
+    gamma: float = Field(0.5, gt=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
+    steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    amp: bool = False
+    channels_last: bool = False
+    ema: float | None = Field(None, gt=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _length(self) -> OptimConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of steps or epochs")
+        return self
+
+
+class LoggingConfig(_Strict):
+    tensorboard: bool = True
+    every: int = Field(10, ge=1, description="log scalars every N steps")
+    samples_every: int | None = Field(None, ge=1, description="sample grids every N steps (None: never)")
+    progress: bool = True
+
+
+class ValidationConfig(_Strict):
+    every: int | None = Field(None, ge=1, description="validate every N steps (None: only at the end)")
+    max_subjects: int | None = Field(4, ge=1)
+    metric: Literal["psnr", "ssim", "mae"] = "psnr"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "mae"
+
+
+class CheckpointConfig(_Strict):
+    every: int = Field(500, ge=1, description="write checkpoints/last every N steps (and at the end)")
+
+
+class Config(_Strict):
+    """A whole training run. ``name`` names the run folder under ``runs_dir`` unless one is given."""
+
+    name: str | None = None
+    runs_dir: Path = Path("runs")
+    data: DataConfig
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    backbone: Component
+    method: Component
+    discriminator: Component | None = None
+    optim: OptimConfig
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML types (paths as strings), every default filled in."""
+        return self.model_dump(mode="json")
+
+    def training_hash(self) -> str:
+        """Hash of what decides the weights; a resumed run must match it (length and logging may change)."""
+        d = self.to_dict()
+        for key in ("name", "runs_dir", "device", "logging", "validation", "checkpoint"):
+            d.pop(key)
+        for key in ("cache_dir", "num_workers", "root"):
+            d["data"].pop(key)
+        for key in ("steps", "epochs"):
+            d["optim"].pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def training_differences(self, other: Config) -> list[str]:
+        """Key paths whose values differ and that change the training (for a resume error)."""
+        a, b = _flatten(self.to_dict()), _flatten(other.to_dict())
+        ignored = ("name", "runs_dir", "device", "logging.", "validation.", "checkpoint.", "data.cache_dir",
+                   "data.num_workers", "data.root", "optim.steps", "optim.epochs")
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignored))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def apply_override(raw: dict[str, Any], override: str, path: str | os.PathLike | None = None) -> None:
+    """Apply one ``a.b.c=value`` in place; the value is parsed as YAML (``1e-3``, ``[64, 64]``, ``null``)."""
+    if "=" not in override:
+        raise MedtransError(path, f"override {override!r} has no '='", "write it as --set key.path=value")
+    key, _, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise MedtransError(path, f"override key {key!r} is malformed", "write it as --set optim.lr=0.001")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise MedtransError(path, f"override {override!r} is not valid YAML ({err})",
+                            "quote the value") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise MedtransError(path, f"override {key}: {where} is a value, not a section",
+                                "check the key path")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as 'key.path: problem (what is allowed)'."""
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    value = err.get("input")
+    shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+    if kind == "extra_forbidden":
+        parent = _section_model(loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "see docs/TRAINING.md"
+        return f"{key}: unknown key (allowed under {'.'.join(loc[:-1]) or 'the top level'}: {allowed})"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{key}: {shown} is not allowed (allowed values: {allowed})"
+    if kind == "value_error":
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+    return f"{key}: {shown} is invalid ({err['msg']})"
+
+
+def _section_model(loc: list[str]) -> type[BaseModel] | None:
+    """The model class that validates the section at ``loc`` (for listing its allowed keys)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def validate_config(raw: dict[str, Any], path: str | os.PathLike | None = None) -> Config:
+    """Validate a raw dict; errors become one MedtransError line naming every bad key path."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise MedtransError(path, "; ".join(problems), "fix the config file or the --set override") from None
+    _check_names(config, path)
+    return config
+
+
+def _check_names(config: Config, path: str | os.PathLike | None) -> None:
+    """Registered names are checked here too, so a typo fails before any data is read."""
+    from medtrans.registry import BACKBONES, DISCRIMINATORS, LAYOUTS, METHODS
+
+    checks = [("backbone.name", config.backbone.name, BACKBONES),
+              ("method.name", config.method.name, METHODS)]
+    if config.discriminator is not None:
+        checks.append(("discriminator.name", config.discriminator.name, DISCRIMINATORS))
+    if config.data.layout is not None:
+        checks.append(("data.layout", config.data.layout, LAYOUTS))
+    for key, name, registry in checks:
+        if name not in registry.names():
+            raise MedtransError(
+                path,
+                f"{key}: {name!r} is not a known {registry.kind}",
+                f"allowed values: {', '.join(registry.names())}",
+            )
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedtransError(path, "config file not found",
+                            "give the path to a YAML recipe, e.g. configs/*.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = f" at line {err.problem_mark.line + 1}" if getattr(err, "problem_mark", None) else ""
+        raise MedtransError(path, f"not valid YAML{line}", "check indentation and quoting") from None
+    if not isinstance(raw, dict):
+        raise MedtransError(path, "the top level is not a mapping", "write key: value pairs")
+    for override in overrides:
+        apply_override(raw, override, path)
+    return validate_config(raw, path)
+
+
+def dump_config(config: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config (every default filled in) as YAML, atomically."""
+    path = Path(path)
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

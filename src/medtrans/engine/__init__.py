@@ -1,0 +1,1 @@
+"""Training engine: trainer (loop, AMP, EMA, checkpoints, resume), predictor, evaluator, run directories."""
