@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medtrans.errors import MedtransError
 
@@ -50,20 +50,13 @@ class DataConfig(_Strict):
     target: str
     paired: bool = True
     dims: Literal["2d", "2.5d", "3d"] = "2d"
-    context: int = Field(3, ge=1, description="2.5D: slices stacked per source (odd, centre included)")
+    context: int = Field(1, ge=0, description="2.5D: neighbouring slices on each side of the centre slice")
     patch_size: list[int] | None = None
     splits: SplitFractions = Field(default_factory=SplitFractions)
     splits_file: Path | None = Field(None, description="a splits.json (e.g. another run's); wins over splits")
     cache_dir: Path | None = None
     samples_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
-
-    @field_validator("context")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError(f"must be odd (the centre slice plus as many on each side), got {value}")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -82,7 +75,7 @@ class DataConfig(_Strict):
     @property
     def in_channels(self) -> int:
         """Model input channels: each source, times the slice stack in 2.5D."""
-        stack = self.context if self.dims == "2.5d" else 1
+        stack = 2 * self.context + 1 if self.dims == "2.5d" else 1
         return len(self.sources) * stack
 
 
