@@ -1,0 +1,105 @@
+"""``load``, ``save`` and ``describe``: one entry point per direction, the format taken from the path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtrans.errors import MedtransError
+from medtrans.io import nifti
+from medtrans.io._common import (
+    EXTENSIONS,
+    check_finite,
+    input_files,
+    refuse_overwrite,
+    split_extension,
+    staged,
+)
+from medtrans.io.volume import SyntheticInfo, Volume
+
+_READERS = {".nii": nifti.read, ".nii.gz": nifti.read}
+_WRITERS = {".nii": nifti.write, ".nii.gz": nifti.write}
+
+
+def _unknown_extension(path: Path, writing: bool) -> MedtransError:
+    verb = "write" if writing else "read"
+    return MedtransError(
+        path, f"cannot {verb} this file type (extension {''.join(path.suffixes) or 'none'!r})",
+        f"use one of {', '.join(EXTENSIONS)}" + (" or a folder for a DICOM series" if writing else ""),
+    )
+
+
+def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: str | None = None) -> Volume:
+    """Read one 3D image; ``modality`` overrides what tags or the file name say.
+
+    ``series_uid`` picks one series from a DICOM folder that holds several.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedtransError(path, "does not exist", "check the path (and the current directory)")
+    _, ext = split_extension(path)
+    reader = _READERS.get(ext)
+    if reader is None:
+        raise _unknown_extension(path, writing=False)
+    volume = reader(path, modality)
+    check_finite(volume.array, path)
+    return volume
+
+
+def _synthetic_text(volume: Volume, synthetic: SyntheticInfo | str | None) -> str | None:
+    """A synthetic image stays marked when saved again, even without a new ``synthetic``."""
+    if isinstance(synthetic, SyntheticInfo):
+        return synthetic.description()
+    if synthetic:
+        if not str(synthetic).startswith("SYNTHETIC"):
+            return f"SYNTHETIC {synthetic}"
+        return str(synthetic)
+    return volume.meta.get("synthetic")
+
+
+def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | os.PathLike | None = None,
+         synthetic: SyntheticInfo | str | None = None) -> Path:
+    """Write ``volume`` atomically in the format named by ``path``; returns the path written.
+
+    Never writes over ``volume.meta["source"]`` or the reference's files.
+    """
+    path = Path(path)
+    _, ext = split_extension(path)
+    writer = _WRITERS.get(ext)
+    if writer is None:
+        raise _unknown_extension(path, writing=True)
+    array = np.asarray(volume.array)
+    if array.ndim != 3:
+        raise MedtransError(path, f"volume array has shape {array.shape}, not 3 spatial axes",
+                            "give a Volume whose array is (X, Y, Z); a 2D slice is (X, Y, 1)")
+    check_finite(array, volume.meta.get("source") or path)
+    refuse_overwrite([path], input_files(volume.meta.get("source")))
+    with staged(path) as stage:
+        writer(volume, stage, _synthetic_text(volume, synthetic))
+    return path
+
+
+def describe(path: str | os.PathLike, *, modality: str | None = None,
+             series_uid: str | None = None) -> dict[str, Any]:
+    """What ``medtrans info`` prints: geometry, value range, modality and format of one image."""
+    volume = load(path, modality=modality, series_uid=series_uid)
+    array = np.asarray(volume.array)
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": volume.meta.get("format"),
+        "modality": volume.modality,
+        "units": volume.meta.get("units"),
+        "shape": tuple(int(n) for n in array.shape),
+        "spacing": tuple(round(s, 6) for s in volume.spacing),
+        "orientation": volume.orientation,
+        "affine": np.round(volume.affine, 6).tolist(),
+        "dtype": str(array.dtype),
+        "min": float(array.min()) if array.size else None,
+        "max": float(array.max()) if array.size else None,
+    }
+    if volume.meta.get("synthetic"):
+        info["synthetic"] = volume.meta["synthetic"]
+    return info
