@@ -5,8 +5,8 @@ by the plan (``to_model_space`` / ``from_model_space``) and written back by ``me
 Three ways to cover a volume, matching how the run was trained (``data.dims``):
 
 - ``2d``: slices along the plan's slice axis, in batches;
-- ``2.5d``: the same, each slice with its ``context`` neighbours stacked as channels per source
-  modality, the ends replicated;
+- ``2.5d``: the same, each slice with ``context`` neighbours on each side stacked as channels per
+  source modality, the ends replicated;
 - ``3d``: a sliding window of ``data.patch_size`` with Gaussian blending of overlapping patches
   (``monai.inferers.sliding_window_inference``, ``mode="gaussian"``, overlap 0.5).
 
@@ -82,26 +82,26 @@ def _pad_to_multiple(x: Tensor, multiple: int, dims: int) -> tuple[Tensor, list[
 
 
 def context_stack(array: Tensor, index: Tensor, context: int) -> Tensor:
-    """2.5D inputs for slices ``index`` of ``array`` (C, S, H, W): (len(index), C*context, H, W).
+    """2.5D inputs for slices ``index`` of ``array`` (C, S, H, W): (len(index), C*(2*context+1), H, W).
 
-    Channels are grouped per source modality (modality 0's ``context`` slices, then modality 1's …),
-    slices ordered from ``s - context//2`` to ``s + context//2``; indices past either end repeat the
-    end slice, as the training sampler does.
+    Channels are grouped per source modality (modality 0's stack, then modality 1's …), slices
+    ordered from ``s - context`` to ``s + context``; indices past either end repeat the end slice.
+    ``context=0`` gives plain 2D slices (B, C, H, W).
     """
-    half = context // 2
-    offsets = torch.arange(-half, half + 1)
+    offsets = torch.arange(-context, context + 1)
     neighbours = (index[:, None] + offsets[None, :]).clamp(0, array.shape[1] - 1)  # (B, context)
     stacked = array[:, neighbours]  # (C, B, context, H, W)
     return stacked.permute(1, 0, 2, 3, 4).reshape(len(index), -1, *array.shape[2:])
 
 
-def infer_slices(net: Net, array: Tensor, slice_axis: int, batch_size: int, context: int = 1,
+def infer_slices(net: Net, array: Tensor, slice_axis: int, batch_size: int, context: int = 0,
                  device: torch.device | None = None, tta: bool = False,
                  progress: Callable[[int], None] | None = None) -> Tensor:
     """2D / 2.5D prediction of a whole model-space array (C, X, Y, Z) → (X, Y, Z), slice by slice.
 
-    Slices along ``slice_axis`` go through ``net`` ``batch_size`` at a time (``context`` > 1 stacks
-    neighbours as channels); in-plane sizes are replicate-padded to a multiple of 32 and cropped back.
+    Slices along ``slice_axis`` go through ``net`` ``batch_size`` at a time (``context`` > 0 stacks
+    that many neighbours on each side as channels); in-plane sizes are replicate-padded to a multiple
+    of 32 and cropped back.
     """
     device = device or array.device
     moved = torch.movedim(array, 1 + slice_axis, 1)  # (C, S, H, W)
@@ -270,7 +270,7 @@ class Predictor:
             if progress is not None:
                 progress(tensor.shape[1 + slice_axis])
         else:
-            context = int(self.config.data.context) if dims == "2.5d" else 1
+            context = int(self.config.data.context) if dims == "2.5d" else 0
             out = infer_slices(self._net, tensor, slice_axis, self.batch_size, context=context,
                                device=self.device, tta=self.tta, progress=progress)
         return out.numpy()
