@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medtrans.errors import MedtransError
-from medtrans.io import nifti
+from medtrans.io import dicom, nifti
 from medtrans.io._common import (
     EXTENSIONS,
     check_finite,
@@ -20,7 +20,7 @@ from medtrans.io._common import (
 )
 from medtrans.io.volume import SyntheticInfo, Volume
 
-_READERS = {".nii": nifti.read, ".nii.gz": nifti.read}
+_READERS = {".nii": nifti.read, ".nii.gz": nifti.read, ".dcm": dicom.read_file}
 _WRITERS = {".nii": nifti.write, ".nii.gz": nifti.write}
 
 
@@ -40,11 +40,14 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
     path = Path(path)
     if not path.exists():
         raise MedtransError(path, "does not exist", "check the path (and the current directory)")
-    _, ext = split_extension(path)
-    reader = _READERS.get(ext)
-    if reader is None:
-        raise _unknown_extension(path, writing=False)
-    volume = reader(path, modality)
+    if path.is_dir():
+        volume = dicom.read_folder(path, modality, series_uid)
+    else:
+        _, ext = split_extension(path)
+        reader = _READERS.get(ext) or (dicom.read_file if dicom.is_dicom_file(path) else None)
+        if reader is None:
+            raise _unknown_extension(path, writing=False)
+        volume = reader(path, modality)
     check_finite(volume.array, path)
     return volume
 
@@ -68,17 +71,35 @@ def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | o
     """
     path = Path(path)
     _, ext = split_extension(path)
+    series = path.is_dir() or (not path.exists() and not path.suffix)
     writer = _WRITERS.get(ext)
-    if writer is None:
+    if writer is None and not series and ext != ".dcm":
         raise _unknown_extension(path, writing=True)
     array = np.asarray(volume.array)
     if array.ndim != 3:
         raise MedtransError(path, f"volume array has shape {array.shape}, not 3 spatial axes",
                             "give a Volume whose array is (X, Y, Z); a 2D slice is (X, Y, 1)")
     check_finite(array, volume.meta.get("source") or path)
-    refuse_overwrite([path], input_files(volume.meta.get("source")))
-    with staged(path) as stage:
-        writer(volume, stage, _synthetic_text(volume, synthetic))
+    inputs = input_files(volume.meta.get("source"), *dicom.reference_files(reference))
+    refuse_overwrite([path], inputs)
+    if series:
+        if path.is_dir() and any(path.iterdir()):
+            raise MedtransError(path, "output folder is not empty; a DICOM series needs a folder of its own",
+                                "give a new or empty folder path")
+        with staged(path) as stage:
+            dicom.write_series(volume, stage, reference, synthetic or volume.meta.get("synthetic"))
+    elif ext == ".dcm":
+        if array.shape[2] != 1:
+            raise MedtransError(path, f"a single .dcm file holds one slice, this volume has {array.shape[2]}",
+                                "give a folder path (no extension) to write a DICOM series")
+        with staged(path) as stage:
+            folder = stage.parent / "series"
+            dicom.write_series(volume, folder, reference, synthetic or volume.meta.get("synthetic"))
+            os.replace(next(folder.iterdir()), stage)
+            folder.rmdir()
+    else:
+        with staged(path) as stage:
+            writer(volume, stage, _synthetic_text(volume, synthetic))
     return path
 
 
