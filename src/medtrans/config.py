@@ -129,7 +129,7 @@ class OptimConfig(_Strict):
 class LoggingConfig(_Strict):
     tensorboard: bool = True
     every: int = Field(10, ge=1, description="log scalars every N steps")
-    samples_every: int | None = Field(None, ge=1, description="sample grids every N steps (None: never)")
+    samples: bool = Field(True, description="PNG grid of validation subjects at every validation")
     progress: bool = True
 
 
