@@ -1,0 +1,116 @@
+"""ResNet generator (Johnson et al. 2016, as used by CycleGAN, Zhu et al. 2017), 2D and 3D.
+
+c7s1-w → ``n_down`` stride-2 convs (width doubling) → ``n_blocks`` residual blocks → ``n_down``
+transposed convs → c7s1-out. With the defaults (width 64, 9 blocks, 2 downsamplings) this is the
+"resnet_9blocks" generator of the CycleGAN/pix2pix code. Inputs of any size work (padded to a multiple
+of 2**n_down inside, cropped back).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from medtrans.nets import blocks
+from medtrans.registry import BACKBONES
+
+
+class ResidualBlock(nn.Module):
+    """x + (conv3-norm-act-[dropout]-conv3-norm)(x), reflection-padded."""
+
+    def __init__(
+        self, spatial_dims: int, channels: int, norm: str, act: str, dropout: float, padding_mode: str
+    ) -> None:
+        super().__init__()
+        has_norm = norm != "none"
+        self.body = nn.Sequential(
+            blocks.ConvNormAct(
+                spatial_dims, channels, channels, norm_name=norm, act=act, padding_mode=padding_mode
+            ),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            blocks.conv(spatial_dims, channels, channels, bias=not has_norm, padding_mode=padding_mode),
+            blocks.norm(norm, spatial_dims, channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+@BACKBONES.register("resnet")
+class ResNetGenerator(nn.Module):
+    """ResNet generator ``(B, C_in, *spatial) -> (B, C_out, *spatial)``.
+
+    Args:
+        width: channels of the first conv; doubled at each downsampling.
+        n_blocks: residual blocks at the lowest resolution (9 in the original for 256² images).
+        n_down: stride-2 downsamplings (2 in the original).
+        norm: ``instance`` | ``batch`` | ``group`` | ``none``.
+        activation: ``relu`` (original) | ``leaky_relu`` | ``gelu`` | ``silu`` | ``elu``.
+        dropout: dropout inside residual blocks (0 in CycleGAN, 0.5 optional in pix2pix).
+        out_activation: ``None`` (linear head) or ``tanh`` (original).
+        padding_mode: padding of the 7×7 and residual convs (``reflect`` as in the original).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        width: int = 64,
+        n_blocks: int = 9,
+        n_down: int = 2,
+        norm: str = "instance",
+        activation: str = "relu",
+        dropout: float = 0.0,
+        out_activation: str | None = None,
+        padding_mode: str = "reflect",
+    ) -> None:
+        super().__init__()
+        blocks.check_spatial_dims(spatial_dims)
+        self.n_down = int(n_down)
+        layers: list[nn.Module] = [
+            blocks.ConvNormAct(
+                spatial_dims,
+                in_channels,
+                width,
+                kernel_size=7,
+                norm_name=norm,
+                act=activation,
+                padding_mode=padding_mode,
+            )
+        ]
+        for i in range(self.n_down):
+            layers.append(
+                blocks.ConvNormAct(
+                    spatial_dims, width * 2**i, width * 2 ** (i + 1), stride=2, norm_name=norm, act=activation
+                )
+            )
+        deep = width * 2**self.n_down
+        layers += [
+            ResidualBlock(spatial_dims, deep, norm, activation, dropout, padding_mode)
+            for _ in range(n_blocks)
+        ]
+        has_norm = norm != "none"
+        for i in reversed(range(self.n_down)):
+            layers += [
+                blocks.conv_transpose(
+                    spatial_dims,
+                    width * 2 ** (i + 1),
+                    width * 2**i,
+                    kernel_size=3,
+                    stride=2,
+                    padding=1,
+                    output_padding=1,
+                    bias=not has_norm,
+                ),
+                blocks.norm(norm, spatial_dims, width * 2**i),
+                blocks.activation(activation),
+            ]
+        layers += [
+            blocks.conv(spatial_dims, width, out_channels, kernel_size=7, padding_mode=padding_mode),
+            blocks.out_activation(out_activation),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, size = blocks.pad_to_multiple(x, 2**self.n_down)
+        return blocks.crop_to(self.model(x), size)

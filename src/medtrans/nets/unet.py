@@ -1,0 +1,102 @@
+"""U-Net (Ronneberger et al. 2015) for 2D slices and 3D patches: the workhorse regression backbone.
+
+Per level two 3×3 conv-norm-act blocks; 2× max-pool down, 2× transposed conv up, skip connections by
+concatenation, a 1×1 head. Unlike the original, convolutions are padded ("same") so the output has the
+input's size; inputs of any size work (padded to a multiple of 2**depth inside, cropped back).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medtrans.nets import blocks
+from medtrans.registry import BACKBONES
+
+
+class DoubleConv(nn.Sequential):
+    """Two conv-norm-act blocks, with optional dropout between them."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float
+    ) -> None:
+        super().__init__(
+            blocks.ConvNormAct(spatial_dims, in_channels, out_channels, norm_name=norm, act=act),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            blocks.ConvNormAct(spatial_dims, out_channels, out_channels, norm_name=norm, act=act),
+        )
+
+
+class Up(nn.Module):
+    """Transposed-conv upsampling, concatenation with the skip, then a DoubleConv."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float
+    ) -> None:
+        super().__init__()
+        self.up = blocks.conv_transpose(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2)
+        self.block = DoubleConv(spatial_dims, 2 * out_channels, out_channels, norm, act, dropout)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))
+
+
+@BACKBONES.register("unet")
+class UNet(nn.Module):
+    """U-Net ``(B, C_in, *spatial) -> (B, C_out, *spatial)``.
+
+    Args:
+        depth: number of 2× downsamplings (levels − 1).
+        width: channels at the first level; doubled per level, capped at ``max_width``.
+        norm: ``instance`` | ``batch`` | ``group`` | ``none``.
+        activation: ``relu`` | ``leaky_relu`` | ``gelu`` | ``silu`` | ``elu``.
+        dropout: probability of dropout between the two convolutions of every block.
+        out_activation: ``None`` (linear head) or ``tanh``.
+        pad_mode: how inputs not divisible by 2**depth are padded before the net (then cropped).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        depth: int = 4,
+        width: int = 32,
+        max_width: int = 512,
+        norm: str = "instance",
+        activation: str = "leaky_relu",
+        dropout: float = 0.0,
+        out_activation: str | None = None,
+        pad_mode: str = "replicate",
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = blocks.check_spatial_dims(spatial_dims)
+        self.depth = int(depth)
+        self.pad_mode = pad_mode
+        widths = [min(width * 2**level, max_width) for level in range(self.depth + 1)]
+        self.stem = DoubleConv(spatial_dims, in_channels, widths[0], norm, activation, dropout)
+        self.down = nn.ModuleList(
+            DoubleConv(spatial_dims, widths[i], widths[i + 1], norm, activation, dropout)
+            for i in range(self.depth)
+        )
+        self.up = nn.ModuleList(
+            Up(spatial_dims, widths[i + 1], widths[i], norm, activation, dropout)
+            for i in reversed(range(self.depth))
+        )
+        self.head = nn.Sequential(
+            blocks.conv(spatial_dims, widths[0], out_channels, kernel_size=1),
+            blocks.out_activation(out_activation),
+        )
+        self._pool = F.max_pool2d if spatial_dims == 2 else F.max_pool3d
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, size = blocks.pad_to_multiple(x, 2**self.depth, self.pad_mode)
+        x = self.stem(x)
+        skips = []
+        for block in self.down:
+            skips.append(x)
+            x = block(self._pool(x, 2))
+        for block, skip in zip(self.up, reversed(skips), strict=True):
+            x = block(x, skip)
+        return blocks.crop_to(self.head(x), size)
