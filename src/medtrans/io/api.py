@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medtrans.errors import MedtransError
-from medtrans.io import dicom, nifti
+from medtrans.io import arrays, dicom, itk, nifti
 from medtrans.io._common import (
     EXTENSIONS,
     check_finite,
@@ -20,8 +20,19 @@ from medtrans.io._common import (
 )
 from medtrans.io.volume import SyntheticInfo, Volume
 
-_READERS = {".nii": nifti.read, ".nii.gz": nifti.read, ".dcm": dicom.read_file}
-_WRITERS = {".nii": nifti.write, ".nii.gz": nifti.write}
+_READERS = {
+    ".nii": nifti.read, ".nii.gz": nifti.read, ".dcm": dicom.read_file,
+    ".mha": itk.read, ".mhd": itk.read, ".nrrd": itk.read, ".nhdr": itk.read,
+    ".npy": arrays.read_npy, ".png": arrays.read_picture, ".tif": arrays.read_picture,
+    ".tiff": arrays.read_picture,
+}
+_WRITERS = {
+    ".nii": nifti.write, ".nii.gz": nifti.write,
+    ".mha": itk.write, ".mhd": itk.write, ".nrrd": itk.write, ".nhdr": itk.write,
+    ".npy": arrays.write_npy, ".png": arrays.write_picture, ".tif": arrays.write_picture,
+    ".tiff": arrays.write_picture,
+}
+_SIDECAR_FORMATS = (".npy", ".png", ".tif", ".tiff")
 
 
 def _unknown_extension(path: Path, writing: bool) -> MedtransError:
@@ -80,8 +91,11 @@ def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | o
         raise MedtransError(path, f"volume array has shape {array.shape}, not 3 spatial axes",
                             "give a Volume whose array is (X, Y, Z); a 2D slice is (X, Y, 1)")
     check_finite(array, volume.meta.get("source") or path)
-    inputs = input_files(volume.meta.get("source"), *dicom.reference_files(reference))
-    refuse_overwrite([path], inputs)
+    source = volume.meta.get("source")
+    inputs = input_files(source, *dicom.reference_files(reference))
+    if source:
+        inputs.add(arrays.sidecar_path(Path(source)).resolve())  # e.g. a BIDS .json beside the scan
+    refuse_overwrite([path, arrays.sidecar_path(path)] if ext in _SIDECAR_FORMATS else [path], inputs)
     if series:
         if path.is_dir() and any(path.iterdir()):
             raise MedtransError(path, "output folder is not empty; a DICOM series needs a folder of its own",
