@@ -50,7 +50,7 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
     """
     path = Path(path)
     if not path.exists():
-        raise MedtransError(path, "does not exist", "check the path (and the current directory)")
+        raise MedtransError(path, "does not exist", "check the path and the current directory")
     if path.is_dir():
         volume = dicom.read_folder(path, modality, series_uid)
     else:
@@ -135,6 +135,7 @@ def describe(path: str | os.PathLike, *, modality: str | None = None,
         "min": float(array.min()) if array.size else None,
         "max": float(array.max()) if array.size else None,
     }
-    if volume.meta.get("synthetic"):
-        info["synthetic"] = volume.meta["synthetic"]
+    for key in ("series_uid", "series_description", "synthetic", "geometry_assumed"):
+        if volume.meta.get(key):
+            info[key] = volume.meta[key]
     return info
