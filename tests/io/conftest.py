@@ -21,8 +21,12 @@ def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _affine_for(codes: str = "RAS", spacing=(0.9, 1.1, 2.5), origin=(-90.25, 120.5, -33.3),
-               oblique: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def _affine_for(
+    codes: str = "RAS",
+    spacing=(0.9, 1.1, 2.5),
+    origin=(-90.25, 120.5, -33.3),
+    oblique: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
     """A 4x4 RAS+ affine whose voxel axes point towards ``codes``, optionally rotated (oblique)."""
     direction = np.zeros((3, 3))
     for col, code in enumerate(codes):
@@ -44,13 +48,17 @@ def affine_for() -> Callable[..., np.ndarray]:
 def make_volume() -> Callable[..., Volume]:
     """A small CT-like volume (HU, air to bone) with the requested geometry."""
 
-    def build(codes: str = "RAS", oblique=(0.0, 0.0, 0.0), shape=(9, 8, 6), modality: str = "ct",
-              seed: int = 0) -> Volume:
+    def build(
+        codes: str = "RAS", oblique=(0.0, 0.0, 0.0), shape=(9, 8, 6), modality: str = "ct", seed: int = 0
+    ) -> Volume:
         rng = np.random.default_rng(seed)
         array = rng.uniform(-1024, 3000, size=shape).astype(np.float32)
         if modality == "ct":
             array = np.round(array)
-        return Volume(array, _affine_for(codes, oblique=oblique),
-                      {"modality": modality, "units": "HU" if modality == "ct" else "a.u."})
+        return Volume(
+            array,
+            _affine_for(codes, oblique=oblique),
+            {"modality": modality, "units": "HU" if modality == "ct" else "a.u."},
+        )
 
     return build

@@ -88,8 +88,9 @@ def _item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     """A functional-group item for one frame: per-frame first, then shared (enhanced multi-frame)."""
     for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         seq = ds.get(groups)
-        if seq and len(seq) > index and sequence in seq[index] and len(seq[index][sequence]):
-            return seq[index][sequence][0]
+        items = seq[index].get(sequence) if seq and len(seq) > index else None
+        if items:
+            return items[0]
     return None
 
 

@@ -1,0 +1,172 @@
+"""DICOM reading against pydicom on real files, enhanced multi-frame order, and derived series."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medtrans.io import SyntheticInfo, Volume, load, save
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped inside the wheel
+
+
+@pytest.mark.parametrize(
+    ("name", "modality", "units"), [("CT_small.dcm", "ct", "HU"), ("MR_small.dcm", "mr", "a.u.")]
+)
+def test_values_equal_pydicom_modality_lut_on_real_files(name, modality, units) -> None:
+    ds = pydicom.dcmread(TEST_FILES / name)
+    volume = load(TEST_FILES / name)
+    assert volume.shape == (int(ds.Columns), int(ds.Rows), 1)
+    np.testing.assert_array_equal(volume.array[:, :, 0], apply_modality_lut(ds.pixel_array, ds).T)
+    assert volume.meta["modality"] == modality and volume.meta["units"] == units
+    # affine from ImageOrientationPatient / PixelSpacing / ImagePositionPatient, LPS -> RAS
+    row, col = (
+        np.array(ds.ImageOrientationPatient[:3], float),
+        np.array(ds.ImageOrientationPatient[3:], float),
+    )
+    lps = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(volume.affine[:3, 0], lps @ row * float(ds.PixelSpacing[1]), atol=1e-9)
+    np.testing.assert_allclose(volume.affine[:3, 1], lps @ col * float(ds.PixelSpacing[0]), atol=1e-9)
+    np.testing.assert_allclose(
+        volume.affine[:3, 3], lps @ np.array(ds.ImagePositionPatient, float), atol=1e-9
+    )
+
+
+def test_ct_small_keeps_hu_after_writing_a_derived_series(tmp_path) -> None:
+    ct = load(TEST_FILES / "CT_small.dcm")
+    back = load(save(ct, tmp_path / "copy", reference=ct))
+    np.testing.assert_array_equal(back.array, ct.array)
+    np.testing.assert_allclose(back.affine, ct.affine, atol=1e-6)
+
+
+def _enhanced_mr(path: Path, frames: np.ndarray, order: list[int], affine_lps: np.ndarray) -> None:
+    """An enhanced MR file whose frames are stored in ``order`` (not spatial order)."""
+    rows, cols = frames.shape[1:]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        ds.file_meta.MediaStorageSOPClassUID,
+        ds.file_meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "MR", generate_uid(), generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, len(order)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    shared = Dataset()
+    orientation, measures, rescale = Dataset(), Dataset(), Dataset()
+    orientation.ImageOrientationPatient = [
+        *(affine_lps[:3, 0] / spacing[0]),
+        *(affine_lps[:3, 1] / spacing[1]),
+    ]
+    measures.PixelSpacing = [spacing[1], spacing[0]]
+    measures.SliceThickness = spacing[2]
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 0.5, 10.0, "US"
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelMeasuresSequence = [measures]
+    shared.PixelValueTransformationSequence = [rescale]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for k in order:
+        item, plane = Dataset(), Dataset()
+        plane.ImagePositionPatient = [float(v) for v in affine_lps[:3, :3] @ [0, 0, k] + affine_lps[:3, 3]]
+        item.PlanePositionSequence = [plane]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.PixelData = np.ascontiguousarray(frames[order]).astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_enhanced_multiframe_loads_in_spatial_order_with_its_affine(tmp_path, affine_for) -> None:
+    affine = affine_for("LPS", spacing=(0.8, 0.9, 3.0), oblique=(0.0, 15.0, 10.0))
+    affine_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    frames = np.stack([np.full((4, 5), 100 * (k + 1)) + np.arange(20).reshape(4, 5) for k in range(6)])
+    order = [3, 0, 5, 1, 4, 2]
+    _enhanced_mr(tmp_path / "enhanced.dcm", frames, order, affine_lps)
+    volume = load(tmp_path / "enhanced.dcm")
+    assert volume.shape == (5, 4, 6)
+    for k in range(6):
+        np.testing.assert_array_equal(volume.array[:, :, k], frames[k].T * 0.5 + 10.0)
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-6)
+    assert volume.meta["modality"] == "mr"
+
+
+def test_derived_series_copies_patient_study_and_is_marked_synthetic(tmp_path, affine_for) -> None:
+    source_dir = tmp_path / "mr_series"
+    mr = Volume(
+        np.random.default_rng(0).uniform(0, 900, (6, 5, 4)).astype(np.float32),
+        affine_for("LPS", oblique=(5.0, 0.0, 0.0)),
+        {"modality": "t1"},
+    )
+    save(mr, source_dir)
+    # give the source series a patient and a description, as a scanner would
+    for f in sorted(source_dir.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID, ds.SeriesDescription = "Doe^Jane", "P042", "T1 MPRAGE"
+        ds.save_as(f)
+    mr_loaded = load(source_dir)
+    synthetic_ct = mr_loaded.with_array(np.round(mr_loaded.array * 2 - 1024), modality="ct", units="HU")
+    info = SyntheticInfo(model="unet-regression-1a2b", source="T1 MPRAGE", method="regression")
+    out = save(synthetic_ct, tmp_path / "sct", reference=mr_loaded, synthetic=info)
+    ref = pydicom.dcmread(sorted(source_dir.iterdir())[0])
+    files = sorted(out.iterdir())
+    assert len(files) == 4
+    uids = set()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        assert ds.PatientName == "Doe^Jane" and ds.PatientID == "P042"
+        assert (
+            ds.StudyInstanceUID == ref.StudyInstanceUID and ds.FrameOfReferenceUID == ref.FrameOfReferenceUID
+        )
+        assert ds.SeriesInstanceUID != ref.SeriesInstanceUID
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert ds.Modality == "CT" and ds.BitsAllocated == 16 and ds.PixelRepresentation == 1
+        assert ds.pixel_array.dtype == np.int16
+        assert ds.SeriesDescription.startswith("SYNTHETIC") and "unet-regression-1a2b" in ds.SeriesDescription
+        assert "T1 MPRAGE" in ds.SeriesDescription
+        assert ds.ImageComments.startswith("SYNTHETIC") and ref.SeriesInstanceUID in ds.ImageComments
+        uids.add(ds.SOPInstanceUID)
+    assert len(uids) == 4 and not uids & {pydicom.dcmread(f).SOPInstanceUID for f in source_dir.iterdir()}
+    back = load(out)
+    assert back.meta["synthetic"].startswith("SYNTHETIC") and back.meta["units"] == "HU"
+    np.testing.assert_allclose(back.affine, mr.affine, atol=1e-4)
+    assert np.max(np.abs(back.array - synthetic_ct.array)) <= 0.5
+
+
+def test_reference_given_as_a_folder_path(tmp_path, make_volume) -> None:
+    save(make_volume("LPS"), tmp_path / "ref")
+    out = save(make_volume("LPS", seed=1), tmp_path / "derived", reference=tmp_path / "ref")
+    ref_study = pydicom.dcmread(next((tmp_path / "ref").iterdir())).StudyInstanceUID
+    assert pydicom.dcmread(next(out.iterdir())).StudyInstanceUID == ref_study
+
+
+def test_standalone_series_is_a_new_study_readable_by_pydicom_validation(tmp_path, make_volume) -> None:
+    out = save(make_volume("RAS"), tmp_path / "alone")
+    first = [pydicom.dcmread(f) for f in sorted(out.iterdir())]
+    assert (
+        len({ds.StudyInstanceUID for ds in first}) == 1 and len({ds.SeriesInstanceUID for ds in first}) == 1
+    )
+    for ds in first:
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+        assert "PatientName" in ds and "StudyDate" in ds and ds.RescaleType == "HU"
+
+
+def test_series_in_nested_folders_and_extensionless_files(tmp_path, make_volume) -> None:
+    save(make_volume("LPS"), tmp_path / "flat")
+    nested = tmp_path / "export" / "DICOM" / "0001"
+    nested.mkdir(parents=True)
+    for f in (tmp_path / "flat").iterdir():
+        shutil.copy(f, nested / f.stem)  # PACS exports often have no extension
+    volume = load(tmp_path / "export")
+    np.testing.assert_allclose(volume.affine, make_volume("LPS").affine, atol=1e-4)
