@@ -137,6 +137,7 @@ def test_derived_series_copies_patient_study_and_is_marked_synthetic(tmp_path, a
         assert ds.ImageComments.startswith("SYNTHETIC") and ref.SeriesInstanceUID in ds.ImageComments
         uids.add(ds.SOPInstanceUID)
     assert len(uids) == 4 and not uids & {pydicom.dcmread(f).SOPInstanceUID for f in source_dir.iterdir()}
+    assert mr_loaded.modality == "t1"  # MR contrast from the SeriesDescription "T1 MPRAGE"
     back = load(out)
     assert back.meta["synthetic"].startswith("SYNTHETIC") and back.meta["units"] == "HU"
     np.testing.assert_allclose(back.affine, mr.affine, atol=1e-4)

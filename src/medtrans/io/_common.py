@@ -44,9 +44,13 @@ def modality_from_name(path: Path) -> str | None:
 
     The last matching token wins because datasets put the modality at the end of the name.
     """
-    stem, _ = split_extension(path)
+    return modality_from_text(split_extension(path)[0])
+
+
+def modality_from_text(text: str) -> str | None:
+    """Modality named by a file stem or a DICOM SeriesDescription (last matching token)."""
     found = None
-    for token in re.split(r"[_\-.\s]+", stem.lower()):
+    for token in re.split(r"[_\-.\s]+", text.lower()):
         found = _MODALITY_TOKENS.get(token, found)
     return found
 

@@ -23,10 +23,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
 from medtrans.errors import MedtransError
-from medtrans.io._common import base_meta
+from medtrans.io._common import base_meta, modality_from_text
 from medtrans.io.volume import SyntheticInfo, Volume
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS (its own inverse)
+_MR_CONTRASTS = {"t1", "t2", "pd", "flair", "t1ce"}
 _MODALITY_NAMES = {"CT": "ct", "MR": "mr", "PT": "pet", "NM": "nm", "US": "us"}
 _SOP_CLASSES = {  # modality written -> (DICOM Modality, SOP Class UID)
     "CT": "1.2.840.10008.5.1.4.1.1.2",
@@ -113,6 +114,13 @@ def _frames(ds: Dataset, path: Path) -> list[_Slice]:
     try:
         data = ds.pixel_array
     except Exception as err:  # pydicom raises many types for bad pixel data; all mean "unreadable"
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and syntax.is_compressed:
+            raise MedtransError(
+                path, f"pixel data compressed as '{syntax.name}' cannot be decoded here ({err})",
+                "install a decoder (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or "
+                "python-gdcm), or decompress the files first with `gdcmconv --raw` or `dcmdjpeg`",
+            ) from err
         raise _corrupt(path, err) from err
     count = int(ds.get("NumberOfFrames", 1) or 1)
     data = data.reshape(count, int(ds.Rows), int(ds.Columns))
@@ -214,6 +222,9 @@ def _stack(frames: list[_Slice], source: Path) -> tuple[np.ndarray, np.ndarray]:
 def _volume(frames: list[_Slice], files: list[Path], header: Dataset, source: Path,
             modality: str | None) -> Volume:
     tag = str(header.get("Modality", "")).upper()
+    if modality is None and tag == "MR":  # "AX T2 FLAIR" -> flair; plain "mr" when it names no contrast
+        named = modality_from_text(str(header.get("SeriesDescription", "")))
+        modality = named if named in _MR_CONTRASTS else None
     meta = base_meta(source, "dicom", modality or _MODALITY_NAMES.get(tag) or None)
     array, affine = _stack(frames, source)
     meta["dicom_reference"] = [str(p) for p in files]
@@ -382,7 +393,7 @@ def write_series(volume: Volume, folder: Path, reference: Volume | Path | str | 
     common.ContentDate, common.ContentTime = common.SeriesDate, common.SeriesTime
     common.ImageType = ["DERIVED", "SECONDARY"]
     common.Manufacturer = "medtrans"
-    common.SeriesDescription = "medtrans derived"
+    common.SeriesDescription = f"medtrans derived {volume.modality or ''}".strip()
     if ref is not None and "SeriesInstanceUID" in ref:
         item = Dataset()
         item.SeriesInstanceUID = ref.SeriesInstanceUID
