@@ -171,3 +171,25 @@ def test_series_in_nested_folders_and_extensionless_files(tmp_path, make_volume)
         shutil.copy(f, nested / f.stem)  # PACS exports often have no extension
     volume = load(tmp_path / "export")
     np.testing.assert_allclose(volume.affine, make_volume("LPS").affine, atol=1e-4)
+
+
+def test_series_written_earlier_by_medtrans_is_replaced_and_an_empty_folder_used(
+    tmp_path, make_volume
+) -> None:
+    (tmp_path / "out").mkdir()
+    save(make_volume(seed=1), tmp_path / "out")  # existing empty folder
+    first_uid = pydicom.dcmread(tmp_path / "out" / "IM00001.dcm").SeriesInstanceUID
+    volume = make_volume(seed=2, shape=(9, 8, 4))
+    save(volume, tmp_path / "out")  # a rerun replaces the earlier medtrans output
+    files = sorted((tmp_path / "out").iterdir())
+    assert len(files) == 4 and pydicom.dcmread(files[0]).SeriesInstanceUID != first_uid
+    np.testing.assert_array_equal(load(tmp_path / "out").array, volume.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_non_dicom_reference_volume_gives_a_standalone_series(tmp_path, make_volume) -> None:
+    nifti = load(save(make_volume("LAS"), tmp_path / "mr.nii.gz"))
+    out = save(nifti.with_array(nifti.array), tmp_path / "sct", reference=nifti)
+    ds = pydicom.dcmread(next(out.iterdir()))
+    assert ds.StudyInstanceUID and "ReferencedSeriesSequence" not in ds
+    np.testing.assert_allclose(load(out).affine, nifti.affine, atol=1e-4)

@@ -156,11 +156,19 @@ def test_never_writes_over_an_input(tmp_path, make_volume, series) -> None:
     assert _snapshot(tmp_path) == before
 
 
-def test_non_empty_output_folder_is_refused(tmp_path, make_volume) -> None:
+def test_non_empty_output_folder_is_refused(tmp_path, make_volume, series) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
     _fails("not empty", save, make_volume(), tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    # a folder of acquired (not medtrans-derived) DICOM files is never replaced
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.Manufacturer, ds.ImageType = "SIEMENS", ["ORIGINAL", "PRIMARY"]
+        ds.save_as(f)
+    before = _snapshot(series)
+    _fails("not empty", save, make_volume(), series)
+    assert _snapshot(series) == before
 
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path, make_volume) -> None:

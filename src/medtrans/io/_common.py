@@ -130,7 +130,9 @@ def staged(final: Path) -> Iterator[Path]:
     Yields the staging path (same name as ``final``, so writers that pick a format or a companion
     file name from it, like MHD's ``.raw``, behave as for the real path). Companion files move
     first and ``final`` last, each with ``os.replace`` (atomic on one file system); on error the
-    staging folder is removed and nothing appears at the destination.
+    staging folder is removed and nothing appears at the destination. A folder written in place of
+    a non-empty one (the caller has checked it may go) swaps in with two renames; the old one leaves
+    with the staging folder.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,9 @@ def staged(final: Path) -> Iterator[Path]:
     try:
         yield stage / final.name
         for item in sorted(stage.iterdir(), key=lambda p: p.name == final.name):
-            os.replace(item, final.parent / item.name)
+            target = final.parent / item.name
+            if item.is_dir() and target.is_dir() and any(target.iterdir()):
+                os.replace(target, stage / ".replaced")
+            os.replace(item, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -97,9 +97,9 @@ def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | o
         inputs.add(arrays.sidecar_path(Path(source)).resolve())  # e.g. a BIDS .json beside the scan
     refuse_overwrite([path, arrays.sidecar_path(path)] if ext in _SIDECAR_FORMATS else [path], inputs)
     if series:
-        if path.is_dir() and any(path.iterdir()):
-            raise MedtransError(path, "output folder is not empty; a DICOM series needs a folder of its own",
-                                "give a new or empty folder path")
+        if path.is_dir() and any(path.iterdir()) and not dicom.is_medtrans_series(path):
+            raise MedtransError(path, "output folder is not empty (and not a series medtrans wrote earlier)",
+                                "give a new or empty folder path: a DICOM series needs a folder of its own")
         with staged(path) as stage:
             dicom.write_series(volume, stage, reference, synthetic or volume.meta.get("synthetic"))
     elif ext == ".dcm":

@@ -309,15 +309,27 @@ def _quantise(array: np.ndarray, hu: bool) -> tuple[np.ndarray, float, float]:
     return stored.astype(np.int16), slope, intercept
 
 
+def is_medtrans_series(folder: Path) -> bool:
+    """True when every file in ``folder`` is a derived DICOM image medtrans wrote (safe to replace)."""
+    for path in folder.iterdir():
+        if not (path.is_file() and is_dicom_file(path)):
+            return False
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            return False
+        if ds.get("Manufacturer") != "medtrans" or "DERIVED" not in list(ds.get("ImageType", [])):
+            return False
+    return True
+
+
 def _reference_header(reference: Volume | Path | str | None) -> Dataset | None:
+    """The first header of the reference series; None (a standalone series) for a non-DICOM Volume."""
     if reference is None:
         return None
     if isinstance(reference, Volume):
         files = reference.meta.get("dicom_reference")
-        if not files:
-            raise MedtransError(reference.meta.get("source"), "reference volume was not read from DICOM",
-                                "pass a Volume loaded from a DICOM series, or the series' folder path")
-        return _read(Path(files[0]), pixels=False)
+        return _read(Path(files[0]), pixels=False) if files else None
     path = Path(reference)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and is_dicom_file(p))
