@@ -1,0 +1,1 @@
+"""Data: layouts (find subjects on disk), phantom, plan, normalise, prepared cache, samplers, splits."""
