@@ -8,14 +8,13 @@ so results agree with the numpy/scikit-image references to ~1e-12, not ~1e-6 as 
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import numpy as np
 import torch
 
 from medtrans.errors import MedtransError
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 
 def as_float64(a: ArrayLike, name: str, device: torch.device | None = None) -> torch.Tensor:
@@ -23,8 +22,9 @@ def as_float64(a: ArrayLike, name: str, device: torch.device | None = None) -> t
     t = a.detach() if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
-    if not (t.is_floating_point() or t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32,
-                                                 torch.int64)):
+    if not (
+        t.is_floating_point() or t.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+    ):
         raise MedtransError(None, f"{name} has unsupported dtype {t.dtype}", "pass a real-valued array")
     return t.to(device=device if device is not None else t.device, dtype=torch.float64)
 
@@ -45,8 +45,9 @@ def check_pair(pred: ArrayLike, ref: ArrayLike) -> tuple[torch.Tensor, torch.Ten
         # a finite sum means every value is finite (float64 overflow needs values near 1e300): one cheap
         # pass instead of isfinite's three
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
-            raise MedtransError(None, f"{name} contains NaN or infinite values",
-                                "fix or fill them before computing metrics")
+            raise MedtransError(
+                None, f"{name} contains NaN or infinite values", "fix or fill them before computing metrics"
+            )
     return p, r
 
 
@@ -56,13 +57,18 @@ def check_mask(mask: ArrayLike | None, shape: tuple[int, ...], device: torch.dev
         return None
     m = mask.detach() if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))
     if tuple(m.shape) != tuple(shape):
-        raise MedtransError(None, f"mask shape {tuple(m.shape)} differs from image shape {tuple(shape)}",
-                            "pass a mask on the image grid")
+        raise MedtransError(
+            None,
+            f"mask shape {tuple(m.shape)} differs from image shape {tuple(shape)}",
+            "pass a mask on the image grid",
+        )
     if m.is_floating_point() and not bool(torch.isfinite(m).all()):
         raise MedtransError(None, "mask contains NaN or infinite values", "pass a binary mask")
     m = (m if m.dtype == torch.bool else m > 0).to(device)
     if not bool(m.any()):
-        raise MedtransError(None, "mask is empty (no voxel > 0)", "pass a mask that covers the region to score")
+        raise MedtransError(
+            None, "mask is empty (no voxel > 0)", "pass a mask that covers the region to score"
+        )
     return m
 
 
@@ -70,8 +76,11 @@ def check_data_range(data_range: float) -> float:
     """A data range must be a finite positive number: it sets PSNR's peak and SSIM's constants."""
     value = float(data_range)
     if not math.isfinite(value) or value <= 0:
-        raise MedtransError(None, f"data_range must be finite and > 0, got {data_range!r}",
-                            "pass the intensity range of the reference (e.g. 4024 for CT in [-1024, 3000] HU)")
+        raise MedtransError(
+            None,
+            f"data_range must be finite and > 0, got {data_range!r}",
+            "pass the intensity range of the reference (e.g. 4024 for CT in [-1024, 3000] HU)",
+        )
     return value
 
 
@@ -79,6 +88,7 @@ def reference_range(ref: torch.Tensor) -> float:
     """Default data range: max - min of the whole reference image (not the dtype's range)."""
     value = float(ref.max() - ref.min())
     if value <= 0:
-        raise MedtransError(None, "reference image is constant, so its data range is 0",
-                            "pass data_range explicitly")
+        raise MedtransError(
+            None, "reference image is constant, so its data range is 0", "pass data_range explicitly"
+        )
     return value

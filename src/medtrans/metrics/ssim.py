@@ -54,39 +54,49 @@ def make_window(gaussian_weights: bool = False, win_size: int | None = None, sig
             raise MedtransError(None, f"sigma must be > 0, got {sigma}", "use sigma=1.5 (Wang et al.)")
         radius = int(3.5 * sigma + 0.5)  # as scipy.ndimage.gaussian_filter with truncate=3.5
         if win_size is not None and win_size != 2 * radius + 1:
-            raise MedtransError(None, f"win_size {win_size} does not match the Gaussian's {2 * radius + 1} taps",
-                                "leave win_size unset with gaussian_weights=True")
+            raise MedtransError(
+                None,
+                f"win_size {win_size} does not match the Gaussian's {2 * radius + 1} taps",
+                "leave win_size unset with gaussian_weights=True",
+            )
         x = np.arange(-radius, radius + 1, dtype=np.float64)
         phi = np.exp(-0.5 * x * x / (sigma * sigma))
         return Window(2 * radius + 1, tuple(float(v) for v in phi / phi.sum()))
     size = 7 if win_size is None else int(win_size)
-    if size < 1 or size % 2 == 0:
-        raise MedtransError(None, f"win_size must be a positive odd number, got {win_size}", "use 7 or 11")
+    if size < 3 or size % 2 == 0:
+        raise MedtransError(None, f"win_size must be an odd number >= 3, got {win_size}", "use 7 or 11")
     return Window(size, None)
 
 
-def _filter_valid(q: torch.Tensor, dim: int, window: Window) -> torch.Tensor:
-    """Weighted window sum along ``dim`` without padding (length n - size + 1)."""
+def _filter_valid(q: torch.Tensor, dim: int, window: Window, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted window sum along ``dim`` without padding (length n - size + 1), into ``out`` if given."""
     n_out = q.shape[dim] - window.size + 1
     if window.weights is None:
-        out = q.narrow(dim, 0, n_out) + q.narrow(dim, 1, n_out) if window.size > 1 else q.narrow(dim, 0, n_out) * 1.0
+        out = torch.add(q.narrow(dim, 0, n_out), q.narrow(dim, 1, n_out), out=out)
         for k in range(2, window.size):
             out.add_(q.narrow(dim, k, n_out))
         return out.mul_(1.0 / window.size)
-    out = q.narrow(dim, 0, n_out) * window.weights[0]
+    out = torch.mul(q.narrow(dim, 0, n_out), window.weights[0], out=out)
     for k in range(1, window.size):
         out.add_(q.narrow(dim, k, n_out), alpha=window.weights[k])
     return out
 
 
-def _inplane_moments(x: torch.Tensor, y: torch.Tensor, window: Window) -> torch.Tensor:
-    """(5, c, H', W') local means of x, y, x^2, y^2, xy for a stack of c slices (valid in-plane)."""
-    q = torch.empty((5, *x.shape), dtype=x.dtype, device=x.device)
-    q[0] = x
-    q[1] = y
-    torch.mul(x, x, out=q[2])
-    torch.mul(y, y, out=q[3])
-    torch.mul(x, y, out=q[4])
+def _slab_moments(x: torch.Tensor, y: torch.Tensor, window: Window, along0: bool) -> torch.Tensor:
+    """(5, c, H', W') local means of x, y, x^2, y^2, xy for c output slices of a slab.
+
+    With ``along0`` the slab holds c + size - 1 input slices of a volume and axis 0 is filtered first,
+    straight from the input views (products of overlapping slices are recomputed: cheaper than
+    carrying filtered slices between slabs); otherwise the slices are independent 2D images.
+    """
+    c = x.shape[0] - window.size + 1 if along0 else x.shape[0]
+    q = torch.empty((5, c, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    for i in range(5):
+        src = (x, y)[i] if i < 2 else (x * x if i == 2 else y * y if i == 3 else x * y)
+        if along0:
+            _filter_valid(src, 0, window, out=q[i])
+        else:
+            q[i].copy_(src)
     return _filter_valid(_filter_valid(q, 2, window), 3, window)
 
 
@@ -100,19 +110,14 @@ def _moment_stream(x: torch.Tensor, y: torch.Tensor, window: Window, volume: boo
     """Yield consecutive blocks of moments (5, c, ...) of the valid map, slab by slab along axis 0.
 
     ``x, y`` are (N, H, W): a batch of independent slices (``volume=False``) or a 3D volume whose first
-    axis is filtered too (``volume=True``; the last ``size - 1`` filtered slices carry to the next slab).
+    axis is filtered too (``volume=True``).
     """
+    extra = window.size - 1 if volume else 0
+    n_out = x.shape[0] - extra
     step = _chunk(tuple(x.shape), x.device)
-    carry: torch.Tensor | None = None
-    for start in range(0, x.shape[0], step):
-        moments = _inplane_moments(x[start:start + step], y[start:start + step], window)
-        if not volume:
-            yield moments
-            continue
-        stacked = moments if carry is None else torch.cat([carry, moments], dim=1)
-        if stacked.shape[1] >= window.size:
-            yield _filter_valid(stacked, 1, window)
-        carry = stacked[:, max(0, stacked.shape[1] - (window.size - 1)):]
+    for start in range(0, n_out, step):
+        stop = min(start + step, n_out) + extra
+        yield _slab_moments(x[start:stop], y[start:stop], window, volume)
 
 
 MapFn = Callable[[torch.Tensor], torch.Tensor]
@@ -137,7 +142,12 @@ def ssim_map_fn(data_range: float, cov_norm: float, k1: float = 0.01, k2: float 
 
 
 def lcs_map_fn(
-    data_range: float, cov_norm: float, lum_w: float, con_w: float, str_w: float, k1: float = 0.01,
+    data_range: float,
+    cov_norm: float,
+    lum_w: float,
+    con_w: float,
+    str_w: float,
+    k1: float = 0.01,
     k2: float = 0.03,
 ) -> MapFn:
     """Moments -> L^a C^b S^c with each term clipped at 0 and C3 = C2 / 2 (SynthRAD2025's per-scale map)."""
@@ -165,7 +175,7 @@ def _crop_interior(t: torch.Tensor, pad: int, first: int) -> torch.Tensor:
 
 
 def _bbox_crop(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, pad: int, first: int):
-    """Crop to the mask's bounding box + pad (axes >= first): the masked mean over the valid map is unchanged."""
+    """Crop to the mask's bounding box + pad (axes >= first): the masked mean of the valid map is kept."""
     index: list[slice] = [slice(None)] * first
     for axis in range(first, m.dim()):
         other = tuple(a for a in range(m.dim()) if a != axis)
@@ -173,12 +183,18 @@ def _bbox_crop(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, pad: int, firs
         lo, hi = int(hits[0]), int(hits[-1])
         index.append(slice(max(0, lo - pad), min(m.shape[axis], hi + pad + 1)))
     key = tuple(index)
-    return x[key].contiguous(), y[key].contiguous(), m[key]
+    return x[key], y[key], m[key]
 
 
 def map_reduce(
-    p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None, window: Window, map_fn: MapFn, *,
-    batch: bool, full: bool,
+    p: torch.Tensor,
+    r: torch.Tensor,
+    m: torch.Tensor | None,
+    window: Window,
+    map_fn: MapFn,
+    *,
+    batch: bool,
+    full: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Masked sums and counts of a windowed map over the valid interior, per slice (batch) or in total.
 
@@ -187,8 +203,11 @@ def map_reduce(
     """
     first = 1 if batch else 0
     if any(s < window.size for s in p.shape[first:]):
-        raise MedtransError(None, f"image {tuple(p.shape[first:])} is smaller than the {window.size}-voxel window",
-                            "use a smaller win_size or evaluate on larger images")
+        raise MedtransError(
+            None,
+            f"image {tuple(p.shape[first:])} is smaller than the {window.size}-voxel window",
+            "use a smaller win_size or evaluate on larger images",
+        )
     if m is not None and not full and bool(m.any()):
         p, r, m = _bbox_crop(p, r, m, window.pad, first)
     volume = p.dim() == 3 and not batch
@@ -204,7 +223,7 @@ def map_reduce(
     for moments in _moment_stream(p, r, window, volume):
         smap = map_fn(moments)
         c = smap.shape[0]
-        block = None if mi is None else mi[offset:offset + c]
+        block = None if mi is None else mi[offset : offset + c]
         if full:
             maps.append(smap.clone())
         if volume:
@@ -212,8 +231,8 @@ def map_reduce(
             counts += smap.numel() if block is None else block.sum()
         else:
             flat = smap.reshape(c, -1)
-            sums[offset:offset + c] = flat.sum(1) if block is None else (flat * block.reshape(c, -1)).sum(1)
-            counts[offset:offset + c] = flat.shape[1] if block is None else block.reshape(c, -1).sum(1)
+            sums[offset : offset + c] = flat.sum(1) if block is None else (flat * block.reshape(c, -1)).sum(1)
+            counts[offset : offset + c] = flat.shape[1] if block is None else block.reshape(c, -1).sum(1)
         offset += c
     full_map = torch.cat(maps, 0) if full else None
     return sums, counts, full_map
@@ -222,8 +241,11 @@ def map_reduce(
 def _prepare(pred, ref, mask, data_range, batch: bool):
     p, r = check_pair(pred, ref)
     if p.dim() not in ((3,) if batch else (2, 3)):
-        raise MedtransError(None, f"SSIM needs {'a (B, H, W) stack' if batch else '2D or 3D images'}, "
-                            f"got shape {tuple(p.shape)}", "squeeze singleton axes or pass batch=True")
+        raise MedtransError(
+            None,
+            f"SSIM needs {'a (B, H, W) stack' if batch else '2D or 3D images'}, got shape {tuple(p.shape)}",
+            "squeeze singleton axes or pass batch=True",
+        )
     m = check_mask(mask, tuple(p.shape), p.device)
     dr = check_data_range(reference_range(r) if data_range is None else data_range)
     return p, r, m, dr
@@ -235,9 +257,18 @@ def _out_map(full_map: torch.Tensor, like: ArrayLike, squeeze: bool):
 
 
 def ssim(
-    pred: ArrayLike, ref: ArrayLike, *, data_range: float | None = None, mask: ArrayLike | None = None,
-    win_size: int | None = None, gaussian_weights: bool = False, sigma: float = 1.5,
-    use_sample_covariance: bool = True, k1: float = 0.01, k2: float = 0.03, batch: bool = False,
+    pred: ArrayLike,
+    ref: ArrayLike,
+    *,
+    data_range: float | None = None,
+    mask: ArrayLike | None = None,
+    win_size: int | None = None,
+    gaussian_weights: bool = False,
+    sigma: float = 1.5,
+    use_sample_covariance: bool = True,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    batch: bool = False,
     full: bool = False,
 ):
     """Mean SSIM over the valid interior (inside ``mask`` if given); defaults are scikit-image's.
@@ -253,15 +284,20 @@ def ssim(
     p, r, m, dr = _prepare(pred, ref, mask, data_range, batch)
     window = make_window(gaussian_weights, win_size, sigma)
     dims = p.dim() - (1 if batch else 0)
-    n_win = window.size ** dims
+    n_win = window.size**dims
     cov_norm = n_win / (n_win - 1) if use_sample_covariance else 1.0
-    sums, counts, smap = map_reduce(p, r, m, window, ssim_map_fn(dr, cov_norm, k1, k2), batch=batch, full=full)
+    sums, counts, smap = map_reduce(
+        p, r, m, window, ssim_map_fn(dr, cov_norm, k1, k2), batch=batch, full=full
+    )
     if batch:
         values = (sums / counts).cpu().numpy()
     else:
         if float(counts[0]) == 0:
-            raise MedtransError(None, "mask has no voxel inside the valid interior of the SSIM map",
-                                f"the mask must reach at least {window.pad} voxels away from the image border")
+            raise MedtransError(
+                None,
+                "mask has no voxel inside the valid interior of the SSIM map",
+                f"the mask must reach at least {window.pad} voxels away from the image border",
+            )
         values = float(sums[0] / counts[0])
     if full:
         return values, _out_map(smap, ref, p.dim() == 2)
@@ -285,12 +321,22 @@ def min_ms_ssim_size(levels: int, win_size: int) -> int:
 
 
 def ms_ssim(
-    pred: ArrayLike, ref: ArrayLike, *, data_range: float | None = None, mask: ArrayLike | None = None,
-    weights: tuple[float, ...] = WANG_MS_WEIGHTS, luminance: str = "last", pad_small: bool = True,
-    win_size: int | None = None, gaussian_weights: bool = False, sigma: float = 1.5,
-    use_sample_covariance: bool = True, k1: float = 0.01, k2: float = 0.03,
+    pred: ArrayLike,
+    ref: ArrayLike,
+    *,
+    data_range: float | None = None,
+    mask: ArrayLike | None = None,
+    weights: tuple[float, ...] = WANG_MS_WEIGHTS,
+    luminance: str = "last",
+    pad_small: bool = True,
+    win_size: int | None = None,
+    gaussian_weights: bool = False,
+    sigma: float = 1.5,
+    use_sample_covariance: bool = True,
+    k1: float = 0.01,
+    k2: float = 0.03,
 ) -> float:
-    """Masked multi-scale SSIM (2D or 3D) in SynthRAD2025's form: ``prod_j clip(mean_mask(L^a C^w S^w), 0, 1)``.
+    """Masked multi-scale SSIM (2D/3D), SynthRAD2025's form ``prod_j clip(mean_mask(L^a C^w S^w), 0, 1)``.
 
     At scale j the map ``L^a_j C^w_j S^w_j`` (each term clipped at 0, C3 = C2/2) is averaged over the
     mask inside the valid interior; between scales images go through a 2^d box mean and subsampling
@@ -301,8 +347,11 @@ def ms_ssim(
     a 7-window, as SynthRAD2025 does); otherwise smaller images are an error.
     """
     if luminance not in ("last", "none", "all"):
-        raise MedtransError(None, f"luminance must be 'last', 'none' or 'all', got {luminance!r}",
-                            "use 'last' (Wang) or 'none' (SynthRAD2025 official)")
+        raise MedtransError(
+            None,
+            f"luminance must be 'last', 'none' or 'all', got {luminance!r}",
+            "use 'last' (Wang) or 'none' (SynthRAD2025 official)",
+        )
     p, r, m, dr = _prepare(pred, ref, mask, data_range, batch=False)
     window = make_window(gaussian_weights, win_size, sigma)
     n_win = window.size ** p.dim()
@@ -313,8 +362,11 @@ def ms_ssim(
         m = torch.ones_like(p, dtype=torch.bool)
     if any(s < need for s in p.shape):
         if not pad_small:
-            raise MedtransError(None, f"image {tuple(p.shape)} is too small for {levels} scales (each axis >= {need})",
-                                "pass pad_small=True or use fewer scales")
+            raise MedtransError(
+                None,
+                f"image {tuple(p.shape)} is too small for {levels} scales (each axis >= {need})",
+                "pass pad_small=True or use fewer scales",
+            )
         pads = [(max(0, (need - s) // 2), max(0, need - s - (need - s) // 2)) for s in p.shape]
         flat = [v for pair in reversed(pads) for v in pair]
         p, r = (F.pad(t[None, None], flat, mode="replicate")[0, 0] for t in (p, r))
@@ -325,8 +377,11 @@ def ms_ssim(
         fn = lcs_map_fn(dr, cov_norm, lum, w, w, k1, k2)
         sums, counts, _ = map_reduce(p, r, m, window, fn, batch=False, full=False)
         if float(counts[0]) == 0:
-            raise MedtransError(None, f"mask has no voxel inside the valid interior at MS-SSIM scale {level + 1}",
-                                "use a larger mask, fewer scales or a smaller window")
+            raise MedtransError(
+                None,
+                f"mask has no voxel inside the valid interior at MS-SSIM scale {level + 1}",
+                "use a larger mask, fewer scales or a smaller window",
+            )
         result *= min(max(float(sums[0] / counts[0]), 0.0), 1.0)
         if level < levels - 1:
             p, r = _downsample(p), _downsample(r)
