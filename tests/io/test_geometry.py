@@ -80,10 +80,20 @@ def test_resample_like_on_a_shifted_grid_moves_values_exactly_and_fills_outside(
     shifted = affine.copy()
     shifted[:3, 3] = affine[:3, :3] @ np.array([2.0, 1.0, 0.0])  # grid starts at voxel (2, 1, 0)
     out = resample_like(volume, Volume(np.zeros((4, 5, 6)), shifted, {}), order=1)
-    np.testing.assert_array_equal(out.array[:2, :4, :], array[2:, 1:, :])
-    # 1 voxel beyond the edge takes the edge value, further out the fill (the minimum, 10)
-    np.testing.assert_array_equal(out.array[2, :4, :], array[3, 1:, :])
-    assert np.all(out.array[3, :, :] == 10)
+    np.testing.assert_allclose(out.array[:2, :4, :], array[2:, 1:, :], atol=1e-4)
+    # beyond the input's footprint: the fill value (default: the minimum, 10)
+    assert np.all(out.array[2:, :, :] == 10) and np.all(out.array[:, 4, :] == 10)
+    assert np.all(resample_like(volume, Volume(np.zeros((4, 5, 6)), shifted, {}), fill=-5).array[3] == -5)
+
+
+def test_upsampling_keeps_edge_values_inside_the_voxel_footprint(affine_for) -> None:
+    """A 2x finer grid over the same field of view starts a quarter voxel beyond the first centre."""
+    array = np.arange(4, dtype=np.float32).reshape(4, 1, 1) * 10 + 100
+    volume = Volume(array, affine_for("RAS", spacing=(2, 2, 2)), {})
+    out = resample_to_spacing(volume, (1, 2, 2))
+    np.testing.assert_allclose(
+        out.array[:, 0, 0], [100, 102.5, 107.5, 112.5, 117.5, 122.5, 127.5, 130], atol=1e-4
+    )
 
 
 def test_resample_to_spacing_refuses_nonpositive_spacing() -> None:

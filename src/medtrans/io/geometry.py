@@ -1,11 +1,14 @@
 """Reorientation and resampling that keep every voxel at its place in RAS world millimetres.
 
-Resampling uses ``scipy.ndimage.affine_transform`` rather than SimpleITK: it works on the numpy
-array in voxel space with one 4x4 matrix taken from the two affines, so there is no LPS/RAS flip,
-no copy into an ITK image and no origin/direction bookkeeping to get wrong; output grid points that
-coincide with input voxels return those voxel values exactly, and an axis-aligned grid change (the
-common case: new spacing, same orientation) goes through scipy's separable fast path for diagonal
-matrices. Reorientation never interpolates: it is an exact flip/transpose (nibabel orientations).
+Resampling uses SimpleITK's ResampleImageFilter rather than ``scipy.ndimage.affine_transform``.
+Both are exact to float32 rounding (on the same grids they agree to 2.4e-7 axis-aligned and 1.5e-8
+oblique), but ITK runs multi-threaded: linear resampling of 160x160x120 float32 onto a 1.3 mm grid
+took 0.023 s against scipy's 0.046 s axis-aligned and 0.025 s against 0.063 s oblique (medians of 11,
+2 cores; command in docs/IO.md). ITK also treats the input as filling its voxels' footprint: output
+points up to half a voxel beyond the edge voxel centres get the edge value, points further out get
+``fill``, with no ad-hoc padding. The LPS/RAS bookkeeping lives in one
+place (``medtrans.io.itk.grid``). Reorientation never interpolates: it is an exact flip/transpose
+(nibabel orientations).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+import SimpleITK as sitk
 
 from medtrans.errors import MedtransError
+from medtrans.io.itk import grid, to_sitk
 from medtrans.io.volume import Volume
 
 _AXIS_OF = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
@@ -43,33 +47,42 @@ def reorient(volume: Volume, codes: str = "RAS") -> Volume:
     return replace(volume, array=np.ascontiguousarray(array), affine=affine, meta=dict(volume.meta))
 
 
+_INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
+
+
 def _resample(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], order: int,
               fill: float | None) -> Volume:
     """Values of ``volume`` on the grid (``affine``, ``shape``).
 
-    Grid points up to one voxel beyond the input's edge take the edge value (so a finer grid over the
-    same field of view has no fill rim); points further out take ``fill`` (default: the volume's
-    minimum, i.e. air for CT, background for MR and masks).
+    Grid points inside the input's voxel footprint (up to half a voxel beyond the edge voxels' centres)
+    are interpolated; points further out take ``fill`` (default: the volume's minimum, i.e. air for CT,
+    background for MR and masks). Order 0 keeps the dtype; orders 1 and 3 give float32 (float64 stays).
     """
-    if order not in (0, 1, 3):
+    if order not in _INTERPOLATORS:
         raise MedtransError(volume.meta.get("source"), f"interpolation order {order} is not supported",
                             "use order=0 (nearest, for masks/labels), 1 (linear) or 3 (cubic)")
     source = np.asarray(volume.array)
     if fill is None:
         fill = float(source.min()) if source.size else 0.0
-    # voxel (output) -> world -> voxel (input); +1 for the one-voxel edge pad below
-    mapping = np.linalg.inv(volume.affine) @ affine
-    matrix, offset = mapping[:3, :3], mapping[:3, 3] + 1.0
-    if order == 0:
-        work = source
-    else:
-        work = source.astype(np.float64 if source.dtype == np.float64 else np.float32, copy=False)
-    padded = np.pad(work, 1, mode="edge")
-    if np.allclose(matrix, np.diag(np.diag(matrix)), atol=1e-12):
-        matrix = np.diag(matrix)  # scipy's separable path for axis-aligned grids
-    out = ndimage.affine_transform(padded, matrix, offset=offset, output_shape=tuple(shape), order=order,
-                                   mode="constant", cval=fill, prefilter=order > 1)
-    return replace(volume, array=out, affine=np.array(affine, dtype=np.float64), meta=dict(volume.meta))
+    work = source.astype(np.uint8) if source.dtype == bool else source
+    if work.dtype == np.float16:
+        work = work.astype(np.float32)
+    image = to_sitk(work, volume.affine)
+    spacing, direction, origin = grid(affine)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(n) for n in shape])
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetOutputDirection(direction)
+    resampler.SetOutputOrigin(origin)
+    resampler.SetInterpolator(_INTERPOLATORS[order])
+    resampler.SetDefaultPixelValue(fill)
+    if order > 0:
+        resampler.SetOutputPixelType(sitk.sitkFloat64 if work.dtype == np.float64 else sitk.sitkFloat32)
+    out = np.transpose(sitk.GetArrayFromImage(resampler.Execute(image)), (2, 1, 0))
+    if source.dtype == bool and order == 0:
+        out = out.astype(bool)
+    return replace(volume, array=np.ascontiguousarray(out), affine=np.array(affine, dtype=np.float64),
+                   meta=dict(volume.meta))
 
 
 def resample_to_spacing(volume: Volume, spacing: float | Sequence[float], order: int = 1,

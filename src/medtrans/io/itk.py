@@ -57,15 +57,27 @@ def _storage(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def grid(affine: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """ITK's (spacing, direction, origin) in LPS for a RAS affine."""
+    affine_lps = LPS @ affine
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    direction = (affine_lps[:3, :3] / spacing).ravel()
+    return [float(s) for s in spacing], [float(v) for v in direction], [float(v) for v in affine_lps[:3, 3]]
+
+
+def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """An ITK image of ``array`` (i, j, k) placed by the RAS ``affine``."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
+    spacing, direction, origin = grid(affine)
+    img.SetSpacing(spacing)
+    img.SetDirection(direction)
+    img.SetOrigin(origin)
+    return img
+
+
 def write(volume: Volume, path: Path, synthetic: str | None) -> None:
     """Compressed .mha/.nrrd (an .mhd/.nhdr gets its data file beside it), same dtype as the array."""
-    array = _storage(np.asarray(volume.array))
-    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
-    affine_lps = LPS @ volume.affine
-    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
-    img.SetSpacing([float(s) for s in spacing])
-    img.SetDirection([float(v) for v in (affine_lps[:3, :3] / spacing).ravel()])
-    img.SetOrigin([float(v) for v in affine_lps[:3, 3]])
+    img = to_sitk(_storage(np.asarray(volume.array)), volume.affine)
     if volume.modality:
         img.SetMetaData(_MODALITY_KEY, str(volume.modality))
     if synthetic:
