@@ -25,6 +25,8 @@ _MODALITY_TOKENS = {
 # Modalities whose voxel values are Hounsfield units once read (DICOM after rescale, NIfTI as stored).
 _HU_MODALITIES = {"ct", "cbct"}
 
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM/ITK patient LPS <-> medtrans RAS (its own inverse)
+
 # Extensions the readers know, longest first so `.nii.gz` wins over `.gz`.
 EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".png", ".tiff", ".tif", ".dcm")
 

@@ -96,24 +96,26 @@ def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | o
     if source:
         inputs.add(arrays.sidecar_path(Path(source)).resolve())  # e.g. a BIDS .json beside the scan
     refuse_overwrite([path, arrays.sidecar_path(path)] if ext in _SIDECAR_FORMATS else [path], inputs)
+    text = _synthetic_text(volume, synthetic)
+    mark = synthetic if isinstance(synthetic, SyntheticInfo) else text  # DICOM builds its own wording
     if series:
         if path.is_dir() and any(path.iterdir()) and not dicom.is_medtrans_series(path):
             raise MedtransError(path, "output folder is not empty (and not a series medtrans wrote earlier)",
                                 "give a new or empty folder path: a DICOM series needs a folder of its own")
         with staged(path) as stage:
-            dicom.write_series(volume, stage, reference, synthetic or volume.meta.get("synthetic"))
+            dicom.write_series(volume, stage, reference, mark)
     elif ext == ".dcm":
         if array.shape[2] != 1:
             raise MedtransError(path, f"a single .dcm file holds one slice, this volume has {array.shape[2]}",
                                 "give a folder path (no extension) to write a DICOM series")
         with staged(path) as stage:
             folder = stage.parent / "series"
-            dicom.write_series(volume, folder, reference, synthetic or volume.meta.get("synthetic"))
+            dicom.write_series(volume, folder, reference, mark)
             os.replace(next(folder.iterdir()), stage)
             folder.rmdir()
     else:
         with staged(path) as stage:
-            writer(volume, stage, _synthetic_text(volume, synthetic))
+            writer(volume, stage, text)
     return path
 
 

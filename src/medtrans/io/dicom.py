@@ -23,10 +23,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import DSfloat
 
 from medtrans.errors import MedtransError
-from medtrans.io._common import base_meta, modality_from_text
+from medtrans.io._common import LPS, base_meta, modality_from_text
 from medtrans.io.volume import SyntheticInfo, Volume
 
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS (its own inverse)
 _MR_CONTRASTS = {"t1", "t2", "pd", "flair", "t1ce"}
 _MODALITY_NAMES = {"CT": "ct", "MR": "mr", "PT": "pet", "NM": "nm", "US": "us"}
 _SOP_CLASSES = {  # modality written -> (DICOM Modality, SOP Class UID)

@@ -12,10 +12,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtrans.errors import MedtransError
-from medtrans.io._common import as_3d, base_meta
+from medtrans.io._common import LPS, as_3d, base_meta
 from medtrans.io.volume import Volume
 
-LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SYNTHETIC_KEY = "medtrans_synthetic"  # metadata key that marks a synthetic image
 _MODALITY_KEY = "medtrans_modality"
 
