@@ -14,16 +14,21 @@ from medtrans.methods.base import Method
 TrainFn = Callable[..., list[dict[str, float]]]
 
 
-def _train(method: Method, batches: Iterable[dict[str, Tensor]], lr: float = 1e-3) -> list[dict[str, float]]:
-    """Run one step per batch; returns the logged terms ``group/name`` of every step."""
+def _train(
+    method: Method,
+    batches: Iterable[dict[str, Tensor]],
+    lr: float = 1e-3,
+    groups: tuple[str, ...] | None = None,
+) -> list[dict[str, float]]:
+    """Run one step per batch (of ``groups``, default all); returns the terms ``group/name`` per step."""
+    groups = groups or method.groups
     optimizers = {
-        g: torch.optim.Adam(method.group_parameters(g), lr=lr, **method.optimizer_settings(g))
-        for g in method.groups
+        g: torch.optim.Adam(method.group_parameters(g), lr=lr, **method.optimizer_settings(g)) for g in groups
     }
     history = []
     for batch in batches:
         logged = {}
-        for group in method.groups:
+        for group in groups:
             others = [p for g in method.groups if g != group for p in method.group_parameters(g)]
             for p in others:
                 p.requires_grad_(False)
