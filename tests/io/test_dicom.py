@@ -193,3 +193,28 @@ def test_non_dicom_reference_volume_gives_a_standalone_series(tmp_path, make_vol
     ds = pydicom.dcmread(next(out.iterdir()))
     assert ds.StudyInstanceUID and "ReferencedSeriesSequence" not in ds
     np.testing.assert_allclose(load(out).affine, nifti.affine, atol=1e-4)
+
+
+def test_legacy_multiframe_is_stacked_by_spacing_between_slices(tmp_path) -> None:
+    """Multi-frame without functional groups (e.g. NM/old MR): one position, frames along the normal."""
+    frames = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID = "CT", generate_uid()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 4, 5, 3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [10, 20, 30], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SpacingBetweenSlices = [0.5, 0.25], 4.0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelData = frames.tobytes()
+    ds.save_as(tmp_path / "legacy.dcm", enforce_file_format=True)
+    volume = load(tmp_path / "legacy.dcm")
+    expected = np.array([[-0.25, 0, 0, -10], [0, -0.5, 0, -20], [0, 0, 4, 30], [0, 0, 0, 1]])
+    np.testing.assert_allclose(volume.affine, expected)
+    np.testing.assert_array_equal(volume.array, frames.transpose(2, 1, 0) - 1024.0)
+    assert volume.meta["units"] == "HU"
