@@ -1,0 +1,375 @@
+"""Evaluate synthetic images against references, subject by subject, under one named convention.
+
+``evaluate(pred, ref, ...)`` matches subjects by id between a folder of predictions and a folder of
+references (or a dataset in any layout ``medtrans.data.layouts`` reads), checks that every pair shares
+one grid (or resamples the prediction onto the reference with ``resample=True``), computes a metric
+preset per subject, and summarises over subjects (mean, std, median, IQR, bootstrap CI; paired
+Wilcoxon p-values against a second model with ``compare``). ``EvaluationResult.write`` saves
+``per_subject.csv`` and ``summary.json`` (with the conventions used) atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medtrans import __version__
+from medtrans.errors import MedtransError
+from medtrans.metrics.presets import evaluate_pair, get_preset
+from medtrans.metrics.stats import paired_wilcoxon, summarise
+
+GRID_TOLERANCE_MM = 1e-3
+_IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy")
+STATISTICS = {
+    "unit": "subject (one value per subject and metric; slices are never pooled across subjects)",
+    "std": "sample standard deviation (ddof = 1)",
+    "iqr": "75th - 25th percentile (linear interpolation)",
+    "ci95": "percentile bootstrap of the mean, 10000 resamples of subjects (seed below)",
+    "p_value": "two-sided paired Wilcoxon signed-rank test (scipy.stats.wilcoxon), prediction vs compare",
+    "non_finite": "inf (PSNR of identical images) and NaN values are counted (n_inf, n_nan) and left out",
+}
+
+
+@dataclass
+class SubjectPair:
+    """One subject's files: prediction, reference, optional mask and optional second prediction."""
+
+    id: str
+    pred: Path
+    ref: Path
+    mask: Path | None = None
+    other: Path | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """Per-subject values and their summary; ``write`` saves them."""
+
+    preset: str
+    metrics: list[str]
+    per_subject: dict[str, dict[str, float]]
+    compare_per_subject: dict[str, dict[str, float]] | None
+    summary: dict = field(default_factory=dict)
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = ["subject", *self.metrics]
+        if self.compare_per_subject is not None:
+            header += [f"{m}_compare" for m in self.metrics]
+        writer.writerow(header)
+        for sid, values in self.per_subject.items():
+            row = [sid, *(_fmt(values[m]) for m in self.metrics)]
+            if self.compare_per_subject is not None:
+                row += [_fmt(self.compare_per_subject[sid][m]) for m in self.metrics]
+            writer.writerow(row)
+        return buf.getvalue()
+
+    def write(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """Write ``per_subject.csv`` and ``summary.json`` into ``out_dir`` (each atomically)."""
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise MedtransError(out, "is a file, not a folder", "give a folder for the evaluation outputs")
+        out.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = out / "per_subject.csv", out / "summary.json"
+        _atomic_write(csv_path, self.csv_text())
+        _atomic_write(json_path, json.dumps(_jsonable(self.summary), indent=2, allow_nan=False) + "\n")
+        return csv_path, json_path
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+def _jsonable(obj):
+    """Floats that JSON cannot hold (NaN, inf) become strings, so the file stays strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _image_stem(path: Path) -> str | None:
+    lower = path.name.lower()
+    for ext in _IMAGE_EXTENSIONS:
+        if lower.endswith(ext) and len(lower) > len(ext):
+            return path.name[: -len(ext)]
+    return None
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    from medtrans.io.dicom import is_dicom_file
+
+    return any(f.is_file() and (f.suffix.lower() == ".dcm" or is_dicom_file(f)) for f in folder.iterdir())
+
+
+def image_folder(folder: Path) -> dict[str, Path]:
+    """id -> image for a folder of ``<id>.<ext>`` files, ``<id>/`` folders holding one image, or
+    ``<id>/`` DICOM series folders."""
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and (stem := _image_stem(entry)) is not None:
+            found[stem] = entry
+        elif entry.is_dir():
+            images = [f for f in sorted(entry.iterdir()) if f.is_file() and _image_stem(f) is not None]
+            if len(images) == 1:
+                found[entry.name] = images[0]
+            elif not images and _is_dicom_folder(entry):
+                found[entry.name] = entry
+    return found
+
+
+def _match_id(name: str, ids: list[str]) -> str | None:
+    """The reference id for a prediction name: exact, else the longest id it starts with (``1BA001_sct``)."""
+    if name in ids:
+        return name
+    hits = [i for i in ids if name.startswith(i) and name[len(i)] in "_-."]
+    return max(hits, key=len) if hits else None
+
+
+def _references(ref: Path, ref_modality: str | None, pred_modality: str | None):
+    """(id -> reference image, id -> dataset mask, description): a flat folder or a dataset layout."""
+    from medtrans.data.layouts import open_dataset
+    from medtrans.data.modalities import canonical
+
+    try:
+        dataset = open_dataset(ref)
+    except MedtransError:
+        flat = image_folder(ref)
+        if not flat:
+            raise MedtransError(
+                ref,
+                "holds no reference images (no <subject>.nii.gz/.mha files and no known dataset layout)",
+                "give a folder of <subject> images or a dataset root",
+            ) from None
+        return flat, {}, "folder"
+    modalities = dataset.modalities
+    if ref_modality is not None:
+        chosen = canonical(ref_modality)
+    elif pred_modality is not None and pred_modality in modalities:
+        chosen = pred_modality
+    elif len(modalities) == 1:
+        chosen = modalities[0]
+    else:
+        raise MedtransError(
+            ref,
+            f"the dataset has several modalities ({', '.join(modalities)}) and the "
+            "predictions do not say which they synthesise",
+            "pass --ref-modality, e.g. ct",
+        )
+    images = {s.id: s.images[chosen] for s in dataset.subjects if chosen in s.images}
+    if not images:
+        raise MedtransError(
+            ref,
+            f"no subject has modality {chosen!r} (found {', '.join(modalities)})",
+            "pass --ref-modality with one of these",
+        )
+    masks = {s.id: s.mask for s in dataset.subjects if s.mask is not None}
+    return images, masks, f"dataset layout {dataset.layout}, modality {chosen}"
+
+
+def _mask_folder(folder: Path, ids: list[str]) -> dict[str, Path]:
+    """id -> mask from ``<id>.<ext>``, ``<id>_mask.<ext>`` (any suffix) or ``<id>/mask.<ext>``."""
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and (stem := _image_stem(entry)) is not None:
+            sid = _match_id(stem, ids)
+        elif entry.is_dir() and entry.name in ids:
+            files = [
+                f for f in sorted(entry.iterdir()) if (_image_stem(f) or "").lower() in ("mask", entry.name)
+            ]
+            sid, entry = (entry.name, files[0]) if files else (None, entry)
+        else:
+            sid = None
+        if sid is not None and sid not in found:
+            found[sid] = entry
+    return found
+
+
+def match_subjects(
+    pred: str | os.PathLike,
+    ref: str | os.PathLike,
+    *,
+    mask: str | os.PathLike | None = None,
+    compare: str | os.PathLike | None = None,
+    ref_modality: str | None = None,
+) -> tuple[list[SubjectPair], dict]:
+    """Pair every prediction with its reference (and mask, and second prediction) by subject id."""
+    from medtrans.io import load
+
+    pred, ref = Path(pred), Path(ref)
+    for path, role in ((pred, "predictions"), (ref, "references"), (mask, "masks"), (compare, "compare")):
+        if path is not None and not Path(path).is_dir():
+            raise MedtransError(path, f"is not a folder ({role})", f"give the folder that holds the {role}")
+    preds = image_folder(pred)
+    if not preds:
+        raise MedtransError(
+            pred, "holds no prediction images", "give a folder of <subject>.nii.gz or .mha files"
+        )
+    first_modality = load(next(iter(preds.values()))).modality
+    refs, dataset_masks, ref_kind = _references(ref, ref_modality, first_modality)
+    ref_ids = sorted(refs)
+    pairs, missing = [], []
+    for name, path in preds.items():
+        sid = _match_id(name, ref_ids)
+        if sid is None:
+            missing.append(name)
+        else:
+            pairs.append(SubjectPair(sid, path, refs[sid], dataset_masks.get(sid)))
+    if missing:
+        raise MedtransError(
+            ref,
+            f"no reference for prediction(s) {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}",
+            "name predictions <subject>.<ext> with the reference's subject ids",
+        )
+    ids = [p.id for p in pairs]
+    if len(set(ids)) != len(ids):
+        raise MedtransError(pred, "two predictions match the same subject", "keep one prediction per subject")
+    if mask is not None:
+        masks = _mask_folder(Path(mask), ids)
+        absent = [i for i in ids if i not in masks]
+        if absent:
+            raise MedtransError(
+                mask,
+                f"no mask for subject(s) {', '.join(absent[:10])}",
+                "add <subject>.nii.gz masks, or leave out --mask",
+            )
+        for p in pairs:
+            p.mask = masks[p.id]
+    if compare is not None:
+        others = image_folder(Path(compare))
+        other_ids = {(_match_id(n, ids) or n): path for n, path in others.items()}
+        absent = [i for i in ids if i not in other_ids]
+        if absent:
+            raise MedtransError(
+                compare,
+                f"no comparison prediction for subject(s) {', '.join(absent[:10])}",
+                "the paired test needs both models on the same subjects",
+            )
+        for p in pairs:
+            p.other = other_ids[p.id]
+    counts = {
+        "subjects": len(pairs),
+        "predictions": len(preds),
+        "references": len(refs),
+        "references_without_prediction": len(set(refs) - set(ids)),
+        "masked_subjects": sum(p.mask is not None for p in pairs),
+    }
+    return pairs, {"reference_source": ref_kind, **counts}
+
+
+def _same_grid(a, b) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, rtol=0, atol=GRID_TOLERANCE_MM))
+
+
+def _on_grid(volume, reference, path: Path, ref_path: Path, resample: bool, order: int):
+    """``volume`` on ``reference``'s grid: unchanged, resampled, or a clear error naming both files."""
+    from medtrans.io.geometry import resample_like
+
+    if _same_grid(volume, reference):
+        return volume, False
+    if not resample:
+        raise MedtransError(
+            path,
+            f"is not on the grid of {ref_path} (shape {volume.shape} vs {reference.shape}"
+            f", or affines differ by > {GRID_TOLERANCE_MM} mm)",
+            "write predictions on the reference grid, or pass --resample",
+        )
+    return resample_like(volume, reference, order=order), True
+
+
+def _score(pair: SubjectPair, image: Path, preset: str, resample: bool) -> tuple[dict[str, float], bool]:
+    from medtrans.io import load
+
+    ref = load(pair.ref)
+    pred, moved = _on_grid(load(image), ref, image, pair.ref, resample, order=1)
+    mask = None
+    if pair.mask is not None:
+        mvol, moved_mask = _on_grid(load(pair.mask), ref, pair.mask, pair.ref, resample, order=0)
+        mask, moved = mvol.array, moved or moved_mask
+    try:
+        return evaluate_pair(pred.array, ref.array, mask, preset=preset), moved
+    except MedtransError as err:
+        raise MedtransError(image, f"{err.problem} (reference {pair.ref})", err.fix) from None
+
+
+def evaluate(
+    pred: str | os.PathLike,
+    ref: str | os.PathLike,
+    *,
+    mask: str | os.PathLike | None = None,
+    preset: str = "default",
+    resample: bool = False,
+    compare: str | os.PathLike | None = None,
+    ref_modality: str | None = None,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> EvaluationResult:
+    """Score every prediction in ``pred`` against its reference in ``ref`` under ``preset``."""
+    spec = get_preset(preset)
+    pairs, counts = match_subjects(pred, ref, mask=mask, compare=compare, ref_modality=ref_modality)
+    per_subject: dict[str, dict[str, float]] = {}
+    other: dict[str, dict[str, float]] | None = {} if compare is not None else None
+    resampled = 0
+    for i, pair in enumerate(pairs):
+        per_subject[pair.id], moved = _score(pair, pair.pred, preset, resample)
+        resampled += moved
+        if other is not None and pair.other is not None:
+            other[pair.id], _ = _score(pair, pair.other, preset, resample)
+        if progress is not None:
+            progress(pair.id, i + 1, len(pairs))
+    metrics = list(next(iter(per_subject.values())))
+    summary: dict = {
+        "medtrans_version": __version__,
+        "preset": spec.name,
+        "preset_summary": spec.summary,
+        "expects": spec.expects,
+        "conventions": spec.conventions,
+        "statistics": {**STATISTICS, "seed": seed},
+        "inputs": {
+            "predictions": str(pred),
+            "references": str(ref),
+            "masks": None if mask is None else str(mask),
+            "compare": None if compare is None else str(compare),
+            "ref_modality": ref_modality,
+            "resample": resample,
+        },
+        "counts": {**counts, "resampled_subjects": resampled},
+        "metrics": {m: summarise([per_subject[s][m] for s in per_subject], seed=seed) for m in metrics},
+    }
+    if other is not None:
+        summary["compare"] = {
+            "metrics": {m: summarise([other[s][m] for s in other], seed=seed) for m in metrics},
+            "wilcoxon": {
+                m: paired_wilcoxon(
+                    [per_subject[s][m] for s in per_subject], [other[s][m] for s in per_subject]
+                )
+                for m in metrics
+            },
+        }
+    return EvaluationResult(spec.name, metrics, per_subject, other, summary)
