@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from medtrans.errors import MedtransError
 from medtrans.io import Volume, load, save
 
 CASES = [
@@ -106,3 +107,15 @@ def test_integer_masks_stay_exact_through_dicom(tmp_path, affine_for) -> None:
     labels = np.random.default_rng(3).integers(0, 3, size=(6, 5, 4)).astype(np.uint8)
     back = load(save(Volume(labels, affine_for("LAS"), {"modality": "mask"}), tmp_path / "seg"))
     np.testing.assert_array_equal(back.array, labels)
+
+
+def test_grey_rgb_and_grey_alpha_pictures_read_as_grey_and_colour_is_refused(tmp_path) -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb.png")
+    Image.fromarray(grey).convert("LA").save(tmp_path / "la.png")
+    for name in ("rgb.png", "la.png"):
+        np.testing.assert_array_equal(load(tmp_path / name).array[:, :, 0], grey.T)
+    colour = np.stack([grey, grey[::-1], grey], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "photo.png")
+    with pytest.raises(MedtransError, match="not a greyscale scan"):
+        load(tmp_path / "photo.png")

@@ -48,7 +48,7 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
 
     ``series_uid`` picks one series from a DICOM folder that holds several.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise MedtransError(path, "does not exist", "check the path and the current directory")
     if path.is_dir():
@@ -80,7 +80,7 @@ def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | o
 
     Never writes over ``volume.meta["source"]`` or the reference's files.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     _, ext = split_extension(path)
     series = path.is_dir() or (not path.exists() and not path.suffix)
     writer = _WRITERS.get(ext)
@@ -90,7 +90,7 @@ def save(volume: Volume, path: str | os.PathLike, *, reference: Volume | str | o
     if array.ndim != 3:
         raise MedtransError(path, f"volume array has shape {array.shape}, not 3 spatial axes",
                             "give a Volume whose array is (X, Y, Z); a 2D slice is (X, Y, 1)")
-    check_finite(array, volume.meta.get("source") or path)
+    check_finite(array, path)
     source = volume.meta.get("source")
     inputs = input_files(source, *dicom.reference_files(reference))
     if source:

@@ -89,8 +89,9 @@ def read_picture(path: Path, modality: str | None = None) -> Volume:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise MedtransError(path, f"not a readable image, truncated or corrupt ({err})",
                             "re-export the image") from err
-    if pixels.ndim == 3:
-        if not all(np.array_equal(pixels[..., 0], pixels[..., c]) for c in range(1, min(3, pixels.shape[2]))):
+    if pixels.ndim == 3:  # grey + alpha ("LA") or colour whose R, G, B agree: keep the grey channel
+        colour = range(1, 3) if mode != "LA" and pixels.shape[2] >= 3 else range(1, 1)
+        if not all(np.array_equal(pixels[..., 0], pixels[..., c]) for c in colour):
             raise MedtransError(path, f"colour image ({mode}) is not a greyscale scan",
                                 "convert it to greyscale (8 or 16 bit) first")
         pixels = pixels[..., 0]
