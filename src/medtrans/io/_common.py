@@ -102,7 +102,7 @@ def check_finite(array: np.ndarray, path: Path | str | None) -> None:
 
 
 def input_files(*paths: str | os.PathLike | None) -> set[Path]:
-    """Resolved files behind the given inputs (a folder counts with everything in it)."""
+    """Resolved files behind the given inputs (a folder counts with everything below it)."""
     found: set[Path] = set()
     for p in paths:
         if not p:
@@ -110,7 +110,7 @@ def input_files(*paths: str | os.PathLike | None) -> set[Path]:
         path = Path(p).resolve()
         found.add(path)
         if path.is_dir():
-            found.update(child.resolve() for child in path.iterdir())
+            found.update(child.resolve() for child in path.rglob("*"))
     return found
 
 
