@@ -74,3 +74,15 @@ def test_float64_is_stored_as_float32(tmp_path) -> None:
     array = np.linspace(-1, 1, 27).reshape(3, 3, 3)
     save(Volume(array, np.eye(4), {}), tmp_path / "x.nii.gz")
     assert nib.load(str(tmp_path / "x.nii.gz")).get_data_dtype() == np.float32
+
+
+def test_nifti_without_any_transform_is_flagged(tmp_path) -> None:
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "t1.nii"))
+    assert load(tmp_path / "t1.nii").meta["geometry_assumed"] is True
+    assert (
+        "geometry_assumed"
+        not in load(save(Volume(np.zeros((2, 2, 2)), np.eye(4), {}), tmp_path / "x.nii")).meta
+    )

@@ -25,7 +25,7 @@ def _has_scaling(img: nib.Nifti1Image) -> bool:
 def read(path: Path, modality: str | None = None) -> Volume:
     """Stored dtype when the file is unscaled (masks stay integers); float when scl_slope/inter apply."""
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap=False)  # no memory map: the array never changes under us
         header = img.header
         if _has_scaling(img):
             dtype = np.float64 if img.get_data_dtype() == np.float64 else np.float32
@@ -46,6 +46,8 @@ def read(path: Path, modality: str | None = None) -> Volume:
         "sform_code": int(header["sform_code"]),
         "descrip": descrip,
     }
+    if not (meta["nifti"]["qform_code"] or meta["nifti"]["sform_code"]):
+        meta["geometry_assumed"] = True  # both codes 0: nibabel falls back to zooms only
     if descrip.startswith("SYNTHETIC"):
         comments = [e.get_content() for e in header.extensions if e.get_code() == 6]
         full = [c.decode("utf-8", "replace") for c in comments if c.startswith(b"SYNTHETIC")]
