@@ -49,7 +49,9 @@ def info(
     layout: str = typer.Option(None, "--layout", help="Layout of a dataset folder (default: detect)."),
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
 ) -> None:
-    """Print shape, spacing, orientation, affine, dtype, value range and modality of an image.
+    """Print shape, spacing, orientation, affine, dtype, range and modality of an image or DICOM series.
+
+    A folder that is not a DICOM series is read as a dataset and summarised instead.
 
     Examples: medtrans info sub-01/ct.nii.gz · medtrans info dicom/series1/ --json ·
     medtrans info data/brats/ --layout brats
