@@ -26,8 +26,11 @@ def parse_size(text: str, dims: int) -> tuple[int, int, int]:
         values = values[:2]
     if len(values) != dims or min(values) < 4:
         example = _DEFAULT_SIZE[dims]
-        raise MedtransError(None, f"--size {text!r} does not give {dims} sizes of at least 4 voxels",
-                            f"write it like {example}")
+        raise MedtransError(
+            None,
+            f"--size {text!r} does not give {dims} sizes of at least 4 voxels",
+            f"write it like {example}",
+        )
     return (values[0], values[1], values[2] if dims == 3 else 1)
 
 
@@ -35,16 +38,22 @@ def parse_size(text: str, dims: int) -> tuple[int, int, int]:
 def phantom(
     out: Path = typer.Argument(..., help="Output folder (new or empty): OUT/<subject>/<modality>.nii.gz."),
     subjects: int = typer.Option(8, "--subjects", "-n", min=1, help="Number of subjects."),
-    anatomy: str = typer.Option("brain", "--anatomy", help="brain, pelvis (procedural) or mni (ICBM152 "
-                                "template shipped with nilearn)."),
+    anatomy: str = typer.Option(
+        "brain",
+        "--anatomy",
+        help="brain, pelvis (procedural) or mni (ICBM152 template shipped with nilearn).",
+    ),
     dims: int = typer.Option(3, "--dims", min=2, max=3, help="3: volumes; 2: one axial slice per subject."),
     size: str = typer.Option(None, "--size", help="Grid size, e.g. 128x128x96 (3D) or 256x256 (2D)."),
-    modalities: str = typer.Option(",".join(("t1", "t2", "pd", "flair", "t1ce", "ct", "cbct", "pet", "ldct",
-                                             "ldpet")), "--modalities",
-                                   help="Comma-separated subset to simulate (fewer is faster)."),
+    modalities: str = typer.Option(
+        ",".join(("t1", "t2", "pd", "flair", "t1ce", "ct", "cbct", "pet", "ldct", "ldpet")),
+        "--modalities",
+        help="Comma-separated subset to simulate (fewer is faster).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Same seed, same files; another seed, other subjects."),
-    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", min=1,
-                                help="Subjects simulated in parallel processes."),
+    workers: int = typer.Option(
+        min(2, os.cpu_count() or 1), "--workers", min=1, help="Subjects simulated in parallel processes."
+    ),
     force: bool = typer.Option(False, "--force", help="Write into OUT even if it is not empty."),
 ) -> None:
     """Simulate subjects with MR (T1, T2, PD, FLAIR, T1ce), CT, CBCT, PET and low-dose CT/PET.
@@ -58,20 +67,28 @@ def phantom(
     from medtrans.errors import MedtransError
 
     if anatomy not in ANATOMIES:
-        raise MedtransError(None, f"--anatomy {anatomy!r} is not known",
-                            f"choose one of {', '.join(ANATOMIES)}")
+        raise MedtransError(
+            None, f"--anatomy {anatomy!r} is not known", f"choose one of {', '.join(ANATOMIES)}"
+        )
     chosen = tuple(dict.fromkeys(m.strip().lower() for m in modalities.split(",") if m.strip()))
     unknown = [m for m in chosen if m not in MODALITIES]
     if unknown or not chosen:
-        raise MedtransError(None, f"--modalities: unknown {', '.join(unknown) or '(none given)'}",
-                            f"choose from {', '.join(MODALITIES)}")
+        raise MedtransError(
+            None,
+            f"--modalities: unknown {', '.join(unknown) or '(none given)'}",
+            f"choose from {', '.join(MODALITIES)}",
+        )
     grid = parse_size(size or _DEFAULT_SIZE[dims], dims)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise MedtransError(out, "exists and is not an empty folder",
-                            "give a new folder, or add --force to write into it")
+        raise MedtransError(
+            out, "exists and is not an empty folder", "give a new folder, or add --force to write into it"
+        )
     spec = PhantomSpec(anatomy=anatomy, size=grid, modalities=chosen, seed=seed)
     start = time.perf_counter()
-    write_phantom(out, spec, subjects, dims=dims, workers=workers,
-                  progress=lambda sid: typer.echo(f"  {sid}", err=True))
-    typer.echo(f"{subjects} {anatomy} subject(s) {'x'.join(map(str, grid))} at {spec.spacing:.2f} mm "
-               f"({', '.join(chosen)}) in {time.perf_counter() - start:.1f} s → {out}")
+    write_phantom(
+        out, spec, subjects, dims=dims, workers=workers, progress=lambda sid: typer.echo(f"  {sid}", err=True)
+    )
+    typer.echo(
+        f"{subjects} {anatomy} subject(s) {'x'.join(map(str, grid))} at {spec.spacing:.2f} mm "
+        f"({', '.join(chosen)}) in {time.perf_counter() - start:.1f} s → {out}"
+    )
