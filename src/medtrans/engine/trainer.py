@@ -3,8 +3,8 @@
 Per step, for each of the method's optimiser groups in order, the other groups' parameters are frozen,
 ``method.losses(batch, group)`` runs under autocast (bf16 when ``optim.amp``), the sum of the terms is
 backpropagated, the group's gradients are clipped and its optimiser and scheduler step; then the EMA
-copy is updated. The data order is a function of (seed, epoch) and the checkpoint records the position
-inside the epoch, so a resumed run sees exactly the batches an uninterrupted run would have seen.
+copy is updated. The sampler's order is a function of (seed, epoch) and the checkpoint records the
+position inside the epoch, so a resumed run sees exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medtrans.config import Config, OptimConfig, dump_config
 from medtrans.engine import checkpoint as ckpt
-from medtrans.engine.data import TrainData, ValSubject, build_data, epoch_batches
+from medtrans.engine.data import TrainData, ValSubject, build_data
 from medtrans.engine.predictor import infer_slices, infer_window, resolve_device
 from medtrans.engine.run import CONFIG_FILE, build_method, read_run_config
 from medtrans.engine.runlog import MetricLog, sample_grid, save_figure
@@ -252,10 +252,13 @@ class Trainer:
         """Batches from the current (epoch, position) on, forever, advancing epoch and position."""
         bs = self.config.optim.batch_size
         while True:
+            self.data.train.set_epoch(self.progress.epoch)
+            # the sampler's item i is a function of (seed, epoch, i): read it in order from the position
             loader = torch.utils.data.DataLoader(
                 self.data.train,
-                batch_sampler=epoch_batches(len(self.data.train), bs, self.config.seed,
-                                            self.progress.epoch, self.progress.position),
+                batch_size=bs,
+                sampler=range(self.progress.position * bs, self.steps_per_epoch * bs),
+                drop_last=True,
                 num_workers=self.config.data.num_workers,
                 # its own generator: creating the loader must not draw from the global torch RNG
                 generator=torch.Generator().manual_seed(self.config.seed + self.progress.epoch),
@@ -384,11 +387,12 @@ def _progress_bar(enabled: bool, total: int, start: int) -> Iterator[_Bar]:
     if not enabled:
         yield _Bar(None, None)
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task("train", total=total, completed=start, losses="", rate="")
         yield _Bar(progress, task)
 

@@ -1,0 +1,76 @@
+"""Shared engine fixtures: a tiny phantom (6 subjects, 32×32×8, t1/t2/ct) and a tiny trained run.
+
+``tiny_run`` is a 2D T1→T2 regression U-Net trained 4 steps through ``engine.trainer.train``; predictor,
+evaluator and report tests translate with it. ``make_config(root, **dotted_overrides)`` builds a
+validated Config for these data (``make_config(root, **{"optim.steps": 3})``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from medtrans.config import Config, validate_config
+from medtrans.data.phantom import PhantomSpec, write_phantom
+
+# two cores shared by many test processes: one thread each is much faster than contention
+torch.set_num_threads(1)
+
+PHANTOM_SIZE = (32, 32, 8)
+PHANTOM_SUBJECTS = 6  # 2 train, 2 val, 2 test with the splits below
+
+
+def tiny_raw(root: Path) -> dict[str, Any]:
+    return {
+        "name": "tiny",
+        "data": {"root": str(root), "sources": ["t1"], "target": "t2", "dims": "2d",
+                 "splits": {"train": 0.34, "val": 0.33, "test": 0.33}},
+        "backbone": {"name": "unet", "args": {"depth": 2, "width": 4}},
+        "method": {"name": "regression", "args": {"loss": "l1"}},
+        "optim": {"steps": 4, "batch_size": 4, "lr": 1.0e-3},
+        "device": "cpu",
+        "logging": {"every": 1, "progress": False, "tensorboard": True},
+        "validation": {"every": 2, "max_subjects": 2},
+        "checkpoint": {"every": 2},
+    }
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny brain phantom in the generic layout: <root>/sub-00N/{t1,t2,ct,mask}.nii.gz."""
+    root = tmp_path_factory.mktemp("phantom")
+    spec = PhantomSpec(anatomy="brain", size=PHANTOM_SIZE, modalities=("t1", "t2", "ct"), seed=0)
+    return write_phantom(root, spec, subjects=PHANTOM_SUBJECTS)
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., Config]:
+    def make(root: Path, **overrides: Any) -> Config:
+        raw = tiny_raw(root)
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        return validate_config(raw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(phantom_root: Path, make_config: Callable[..., Config],
+             tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-step run directory (config, plan, splits, checkpoints/{last,best}, logs, samples)."""
+    from medtrans.engine.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    return train(make_config(phantom_root), run_dir=run_dir)
