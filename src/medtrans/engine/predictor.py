@@ -237,6 +237,14 @@ class Predictor:
 
         run_dir = Path(run_dir)
         method, config, plan = load_trained(run_dir, which=which)
+        return cls.from_parts(method, config, plan, name=f"{run_dir.name}:{which}", device=device,
+                              batch_size=batch_size, tta=tta)
+
+    @classmethod
+    def from_parts(cls, method: torch.nn.Module, config: Any, plan: Any, name: str, device: str = "auto",
+                   batch_size: int | None = None, tta: bool = False) -> Predictor:
+        """A predictor for a method already built (``from_run`` and benchmarks): eval mode, on
+        ``device``, with the run's AMP and channels-last settings."""
         torch_device = resolve_device(device)
         memory_format = None
         if config.optim.channels_last:  # as trained: the fast CPU path
@@ -245,7 +253,7 @@ class Predictor:
         if memory_format is not None:
             method = method.to(memory_format=memory_format)
         return cls(
-            method=method, config=config, plan=plan, name=f"{run_dir.name}:{which}", device=torch_device,
+            method=method, config=config, plan=plan, name=name, device=torch_device,
             batch_size=batch_size or max(1, int(config.optim.batch_size)), tta=tta,
             amp=bool(config.optim.amp), memory_format=memory_format,
         )
@@ -273,7 +281,8 @@ class Predictor:
         dims = str(self.config.data.dims)
         slice_axis = int(self.plan.slice_axis)
         if dims == "3d":
-            out = infer_window(self._net, tensor, self.config.data.patch_size, self.batch_size,
+            patch = self.config.data.patch_size or self.plan.patch_size
+            out = infer_window(self._net, tensor, patch, self.batch_size,
                                slice_axis=slice_axis, device=self.device, tta=self.tta)
             if progress is not None:
                 progress(tensor.shape[1 + slice_axis])

@@ -32,13 +32,21 @@ class ModelResult:
 
 @dataclass
 class SubjectView:
-    """The images shown for one subject; every volume is on the source grid (or resampled to it)."""
+    """The images shown for one subject, all resampled onto one grid (source, else target, else the
+    first synthetic volume) when they are not already on it."""
 
     subject: str
-    source: Volume
+    source: Volume | None
     synthetic: dict[str, Volume]
     target: Volume | None = None
     mask: Volume | None = None
+
+    @property
+    def grid(self) -> Volume:
+        for volume in (self.source, self.target, *self.synthetic.values()):
+            if volume is not None:
+                return volume
+        raise ValueError(f"subject {self.subject} has no image to show")
 
 
 def _numeric(value: Any) -> float | None:
@@ -107,21 +115,26 @@ def _panels(view: SubjectView, max_slices: int) -> tuple[list[str], list[list[st
     """Captions and per-slice PNG URIs: source | synthetic | target | error map, per model."""
     from medtrans.io.geometry import resample_like
 
-    def on_grid(volume: Volume, order: int) -> np.ndarray:
-        same = volume.shape == view.source.shape and np.allclose(volume.affine, view.source.affine, atol=1e-4)
-        return to_display((volume if same else resample_like(volume, view.source, order=order)).array,
-                          view.source.affine).astype(np.float32)
+    grid = view.grid
 
-    source = on_grid(view.source, 1)
+    def on_grid(volume: Volume, order: int) -> np.ndarray:
+        same = volume.shape == grid.shape and np.allclose(volume.affine, grid.affine, atol=1e-4)
+        return to_display((volume if same else resample_like(volume, grid, order=order)).array,
+                          grid.affine).astype(np.float32)
+
+    source = on_grid(view.source, 1) if view.source is not None else None
     target = on_grid(view.target, 1) if view.target is not None else None
-    mask = on_grid(view.mask, 0) > 0.5 if view.mask is not None else None
-    foreground = mask if mask is not None else source > np.percentile(source, 5)
-    indices = pick_slices(foreground, max_slices)
-    captions = ["source"]
-    panels = [encode_slices(source, indices, window(source, mask))]
-    reference = target if target is not None else next(iter(view.synthetic.values()), None)
-    limits = window(reference, mask) if reference is not None else (0.0, 1.0)
     synthetic = {name: on_grid(volume, 1) for name, volume in view.synthetic.items()}
+    mask = on_grid(view.mask, 0) > 0.5 if view.mask is not None else None
+    shown = on_grid(grid, 1)
+    foreground = mask if mask is not None else shown > np.percentile(shown, 5)
+    indices = pick_slices(foreground, max_slices)
+    captions, panels = [], []
+    if source is not None:
+        captions.append("source")
+        panels.append(encode_slices(source, indices, window(source, mask)))
+    reference = target if target is not None else next(iter(synthetic.values()), shown)
+    limits = window(reference, mask)
     for name, array in synthetic.items():
         captions.append(f"synthetic · {name}")
         panels.append(encode_slices(array, indices, limits))
