@@ -1,8 +1,9 @@
 """U-Net training step on CPU: channels_last + bf16 autocast against eager fp32, same net, same run.
 
-One step = forward, L1 loss, backward, Adam step. Each mode gets its own copy of the same initial
-weights; the figure is the median of timed repeats after warm-up, printed as images/s and as the ratio
-fast / reference. Run: ``.venv/bin/python benchmarks/bench_unet_step.py`` (about 2–3 minutes, 2 threads).
+One step = forward, L1 loss, backward, Adam step. Both modes start from the same initial weights; their
+timed steps alternate (so a load change on the shared machine hits both alike) and each figure is the
+median of the repeats after warm-up, printed as images/s and as the ratio fast / reference.
+Run: ``.venv/bin/python benchmarks/bench_unet_step.py`` (about a minute on 2 threads).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -19,34 +21,34 @@ import torch.nn.functional as F
 from medtrans.nets import build_backbone
 
 
-def step_time(
-    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool, warmup: int, repeats: int
-) -> float:
-    """Median seconds of one training step; ``fast`` = channels_last + bf16 autocast."""
+def make_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool) -> Callable[[], float]:
+    """A closure running one training step on its own copy of ``net``; returns its seconds.
+
+    ``fast``: weights and batch in channels_last, forward under bf16 autocast (the loss in fp32).
+    """
     net = copy.deepcopy(net)
     if fast:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
         y = y.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    times = []
-    for i in range(warmup + repeats):
+
+    def step() -> float:
         start = time.perf_counter()
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if fast else nullcontext()
-        with ctx:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if fast else nullcontext():
             loss = F.l1_loss(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--batch", type=int, nargs="+", default=[8, 4], help="batch per size")
+    parser.add_argument("--batch", type=int, nargs="+", default=[8, 4], help="batch size per size")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -58,17 +60,22 @@ def main() -> None:
     torch.manual_seed(0)
     spec = {"name": "unet", "width": args.width, "depth": args.depth, "norm": args.norm}
     net = build_backbone(spec, spatial_dims=2, in_channels=1, out_channels=1)
-    print(
-        f"unet {spec}, {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
-        f"{args.threads} threads, torch {torch.__version__}"
-    )
+    millions = sum(p.numel() for p in net.parameters()) / 1e6
+    print(f"unet {spec}, {millions:.2f} M parameters, {args.threads} threads, torch {torch.__version__}")
+    print(f"median of {args.repeats} steps after {args.warmup} warm-up, fp32 and fast steps alternating")
     print(f"{'size':>5} {'batch':>5} {'fp32 img/s':>11} {'cl+bf16 img/s':>14} {'ratio':>6}")
     for size, batch in zip(args.sizes, args.batch, strict=True):
         x = torch.randn(batch, 1, size, size)
         y = torch.randn(batch, 1, size, size)
-        ref = step_time(net, x, y, False, args.warmup, args.repeats)
-        fast = step_time(net, x, y, True, args.warmup, args.repeats)
-        print(f"{size:>5} {batch:>5} {batch / ref:>11.2f} {batch / fast:>14.2f} {ref / fast:>5.2f}x")
+        ref, fast = make_step(net, x, y, fast=False), make_step(net, x, y, fast=True)
+        times: dict[str, list[float]] = {"ref": [], "fast": []}
+        for i in range(args.warmup + args.repeats):
+            t_ref, t_fast = ref(), fast()
+            if i >= args.warmup:
+                times["ref"].append(t_ref)
+                times["fast"].append(t_fast)
+        t_ref, t_fast = statistics.median(times["ref"]), statistics.median(times["fast"])
+        print(f"{size:>5} {batch:>5} {batch / t_ref:>11.2f} {batch / t_fast:>14.2f} {t_ref / t_fast:>5.2f}x")
 
 
 if __name__ == "__main__":
