@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -280,3 +281,32 @@ def test_splits_file_round_trip_and_bad_files(tmp_path) -> None:
         load_splits(path, ids=["a", "b"])
     with pytest.raises(MedtransError, match="fractions"):
         make_splits(["a"], (0.5, 0.5, 0.5))
+
+
+def test_plan_cli_writes_a_loadable_plan_and_warns_about_skipped_subjects(tiny3d, tmp_path, run_cli) -> None:
+    code, out, err = run_cli(
+        "plan",
+        tiny3d,
+        "--source",
+        "t1",
+        "-s",
+        "T2",
+        "--target",
+        "ct",
+        "--dims",
+        "3d",
+        "-o",
+        tmp_path / "plan.json",
+    )
+    assert code == 0, err
+    plan = Plan.load(tmp_path / "plan.json")
+    assert plan.sources == ["t1", "t2"] and plan.dims == "3d" and "3 subjects" in out
+    # a dataset where one subject lacks the target: skipped with a warning, or an error under --strict
+    data = tmp_path / "data"
+    shutil.copytree(tiny3d, data)
+    (data / "sub-002" / "ct.nii.gz").unlink()
+    code, out, err = run_cli("plan", data, "-s", "t1", "-t", "ct", "-o", tmp_path / "p2.json")
+    assert code == 0 and "skipping 1 subject(s) missing a modality: sub-002 (no ct)" in err
+    assert Plan.load(tmp_path / "p2.json").subjects == ["sub-000", "sub-001"]
+    code, _, err = run_cli("plan", data, "-s", "t1", "-t", "ct", "--strict", "-o", tmp_path / "p3.json")
+    assert code == 2 and "sub-002 (no ct)" in err and not (tmp_path / "p3.json").exists()
