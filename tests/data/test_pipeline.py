@@ -310,3 +310,21 @@ def test_plan_cli_writes_a_loadable_plan_and_warns_about_skipped_subjects(tiny3d
     assert Plan.load(tmp_path / "p2.json").subjects == ["sub-000", "sub-001"]
     code, _, err = run_cli("plan", data, "-s", "t1", "-t", "ct", "--strict", "-o", tmp_path / "p3.json")
     assert code == 2 and "sub-002 (no ct)" in err and not (tmp_path / "p3.json").exists()
+
+
+def test_modalities_on_different_grids_are_resampled_onto_the_targets(tiny3d) -> None:
+    plan = make_plan(open_dataset(tiny3d), ["t1"], "ct")
+    plan.spacing = [2.0, 2.0, 2.0]
+    x = np.arange(16, dtype=np.float32)
+    t1 = Volume(np.broadcast_to(x[:, None, None], (16, 16, 8)).copy(), np.diag([1.0, 1.0, 1.0, 1.0]))
+    ct_aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    ct_aff[:3, 3] = 0.5  # the 2 mm grid covers the same field of view as the 1 mm one
+    ct = Volume(np.full((8, 8, 4), 40.0, np.float32), ct_aff)
+    arrays, mask, stats, affine = plan.prepare_subject({"t1": t1, "ct": ct})
+    assert arrays["t1"].shape == arrays["ct"].shape == mask.shape == (8, 8, 4)
+    assert np.array_equal(affine, ct_aff)
+    # t1 sampled at the 2 mm voxel centres (1 mm index 0.5, 2.5, …), then normalised with its own stats
+    expected = plan.normalisation["t1"].forward(
+        np.broadcast_to((2 * np.arange(8) + 0.5)[:, None, None], (8, 8, 4)), stats["t1"]
+    )
+    np.testing.assert_allclose(arrays["t1"], expected, atol=1e-5)
