@@ -6,6 +6,6 @@ return Python floats; every one takes an optional ``mask`` and, where a peak mat
 
 from medtrans.metrics.functional import mae, mse, ncc, nmse, psnr, rmse
 from medtrans.metrics.presets import PRESETS, evaluate_pair
-from medtrans.metrics.ssim import ms_ssim, ssim
+from medtrans.metrics.structural import ms_ssim, ssim
 
 __all__ = ["PRESETS", "evaluate_pair", "mae", "ms_ssim", "mse", "ncc", "nmse", "psnr", "rmse", "ssim"]

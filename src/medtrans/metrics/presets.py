@@ -17,7 +17,7 @@ import torch
 from medtrans.errors import MedtransError
 from medtrans.metrics import functional as fm
 from medtrans.metrics._common import ArrayLike, check_mask, check_pair
-from medtrans.metrics.ssim import ms_ssim, ssim
+from medtrans.metrics.structural import ms_ssim, ssim
 
 HU_AIR = -1024.0
 
