@@ -62,6 +62,11 @@ def conv_transpose(
     return cls(in_channels, out_channels, kernel_size, stride, padding, output_padding, bias=bias)
 
 
+def has_norm(name: str | None) -> bool:
+    """Whether ``name`` is a real norm (then the conv before it needs no bias: the norm shifts)."""
+    return _choice("norm", name, NORMS) != "none"
+
+
 def norm(name: str | None, spatial_dims: int, channels: int) -> nn.Module:
     """Normalisation layer by name.
 
@@ -138,7 +143,6 @@ class ConvNormAct(nn.Sequential):
         padding: int | None = None,
         padding_mode: str = "zeros",
     ) -> None:
-        has_norm = _choice("norm", norm_name, NORMS) != "none"
         super().__init__(
             conv(
                 spatial_dims,
@@ -147,7 +151,7 @@ class ConvNormAct(nn.Sequential):
                 kernel_size,
                 stride,
                 padding,
-                bias=not has_norm,
+                bias=not has_norm(norm_name),
                 padding_mode=padding_mode,
             ),
             norm(norm_name, spatial_dims, out_channels),

@@ -21,13 +21,14 @@ class ResidualBlock(nn.Module):
         self, spatial_dims: int, channels: int, norm: str, act: str, dropout: float, padding_mode: str
     ) -> None:
         super().__init__()
-        has_norm = norm != "none"
         self.body = nn.Sequential(
             blocks.ConvNormAct(
                 spatial_dims, channels, channels, norm_name=norm, act=act, padding_mode=padding_mode
             ),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-            blocks.conv(spatial_dims, channels, channels, bias=not has_norm, padding_mode=padding_mode),
+            blocks.conv(
+                spatial_dims, channels, channels, bias=not blocks.has_norm(norm), padding_mode=padding_mode
+            ),
             blocks.norm(norm, spatial_dims, channels),
         )
 
@@ -89,7 +90,6 @@ class ResNetGenerator(nn.Module):
             ResidualBlock(spatial_dims, deep, norm, activation, dropout, padding_mode)
             for _ in range(n_blocks)
         ]
-        has_norm = norm != "none"
         for i in reversed(range(self.n_down)):
             layers += [
                 blocks.conv_transpose(
@@ -100,7 +100,7 @@ class ResNetGenerator(nn.Module):
                     stride=2,
                     padding=1,
                     output_padding=1,
-                    bias=not has_norm,
+                    bias=not blocks.has_norm(norm),
                 ),
                 blocks.norm(norm, spatial_dims, width * 2**i),
                 blocks.activation(activation),
