@@ -170,3 +170,15 @@ def test_bad_specs_name_what_is_allowed():
 def test_registries_list_the_networks():
     assert {"unet", "resnet"} <= set(BACKBONES.names())
     assert "patchgan" in DISCRIMINATORS.names()
+
+
+@pytest.mark.parametrize("name", ["unet", "resnet"])
+def test_convs_drop_their_bias_only_before_a_norm(name):
+    """A conv followed by a norm needs no bias (the norm's shift replaces it); without norm all have one."""
+    convs = torch.nn.modules.conv._ConvNd
+    plain = build_backbone({"name": name, **TINY[name], "norm": None}, 2, 1, 1)
+    assert all(m.bias is not None for m in plain.modules() if isinstance(m, convs))
+    normed = build_backbone({"name": name, **TINY[name], "norm": "instance"}, 2, 1, 1)
+    before_norm = [block[0] for block in normed.modules() if isinstance(block, blocks.ConvNormAct)]
+    assert before_norm and all(conv.bias is None for conv in before_norm)
+    assert [m for m in normed.modules() if isinstance(m, convs)][-1].bias is not None  # the head
