@@ -1,0 +1,178 @@
+"""``medtrans demo``: the whole path on a simulated brain, in minutes on a laptop CPU.
+
+phantom (T1, T2) → train ``regression`` and ``pix2pix`` T1→T2 (recipes in ``configs/``, shortened) →
+translate the test subjects as NIfTI → evaluate (``default`` preset inside the brain) → HTML report,
+with a trivial baseline next to the models: the source linearly rescaled so that its minimum and
+maximum inside the brain mask map to the target's (per subject). A model that does not clearly beat
+that has learnt nothing about contrast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medtrans.errors import MedtransError
+
+#: label indices of the phantom's brain tissues (csf, gm, wm, lesion) in labels.nii.gz
+BRAIN_LABELS = (6, 7, 8, 9)
+RECIPES = {"regression": "phantom_t1_t2_regression.yaml", "pix2pix": "phantom_t1_t2_pix2pix.yaml"}
+BASELINE = "baseline (linear rescale)"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: subjects, grid, and training length per model."""
+
+    subjects: int
+    size: tuple[int, int, int]
+    steps: dict[str, int]
+    batch_size: int
+    validate_every: int
+
+
+#: ≤ 5 minutes on 2 CPU cores (measured in docs/PREDICT.md)
+FULL = DemoSize(subjects=14, size=(64, 64, 48), steps={"regression": 300, "pix2pix": 300}, batch_size=8,
+                validate_every=100)
+#: the test suite's variant: same path, tiny everything
+QUICK = DemoSize(subjects=5, size=(32, 32, 12), steps={"regression": 10, "pix2pix": 10}, batch_size=4,
+                 validate_every=10)
+
+
+@dataclass
+class DemoResult:
+    """Where everything went and the per-model mean metrics over the test subjects."""
+
+    out: Path
+    data: Path
+    runs: dict[str, Path]
+    predictions: dict[str, Path]
+    evaluations: dict[str, Path]
+    report: Path
+    test_subjects: list[str]
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def configs_dir() -> Path:
+    """The recipes folder of the source tree (``configs/`` beside ``src/``)."""
+    folder = Path(__file__).resolve().parents[2] / "configs"
+    if not (folder / RECIPES["regression"]).is_file():
+        raise MedtransError(folder, "the recipes folder configs/ is not there",
+                            "run the demo from a source checkout (pip install -e .)")
+    return folder
+
+
+def brain_mask(labels: np.ndarray) -> np.ndarray:
+    """1 inside CSF, grey and white matter and lesions of the phantom, 0 elsewhere."""
+    return np.isin(np.rint(labels).astype(int), BRAIN_LABELS).astype(np.uint8)
+
+
+def linear_rescale(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The source mapped linearly so its [min, max] inside ``mask`` becomes the target's [min, max]."""
+    inside = mask > 0
+    s_lo, s_hi = float(source[inside].min()), float(source[inside].max())
+    t_lo, t_hi = float(target[inside].min()), float(target[inside].max())
+    scale = (t_hi - t_lo) / (s_hi - s_lo) if s_hi > s_lo else 0.0
+    return ((source - s_lo) * scale + t_lo).astype(np.float32)
+
+
+def _timed(seconds: dict[str, float], key: str, start: float) -> float:
+    now = time.perf_counter()
+    seconds[key] = now - start
+    return now
+
+
+def run_demo(out: str | Path = "medtrans-demo", quick: bool = False,
+             say: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
+    """Run the whole demo into ``out`` (created; an existing demo folder there is refused)."""
+    from medtrans.config import load_config
+    from medtrans.data.phantom import PhantomSpec, write_phantom
+    from medtrans.engine.evaluator import evaluate
+    from medtrans.engine.predictor import Predictor
+    from medtrans.engine.trainer import train
+    from medtrans.io import SyntheticInfo, Volume, load, save
+    from medtrans.report import ModelResult, SubjectView, write_report
+
+    size = QUICK if quick else FULL
+    out = Path(out)
+    if (out / "runs").exists():
+        raise MedtransError(out, "already holds a demo", "give another --out or delete the folder")
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    data = out / "data"
+    say(f"1/5 phantom: {size.subjects} brains {size.size[0]}×{size.size[1]}×{size.size[2]} (T1, T2) → {data}")
+    write_phantom(data, PhantomSpec(anatomy="brain", size=size.size, modalities=("t1", "t2"), seed=0),
+                  size.subjects, dims=3, workers=2)
+    masks = out / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    for subject in sorted(p for p in data.iterdir() if p.is_dir()):
+        labels = load(subject / "labels.nii.gz")
+        save(Volume(brain_mask(labels.array), labels.affine, {"modality": "mask", "units": "label"}),
+             masks / f"{subject.name}.nii.gz")
+    clock = _timed(seconds, "phantom", clock)
+
+    runs: dict[str, Path] = {}
+    for name, recipe in RECIPES.items():
+        say(f"2/5 train {name} T1→T2, {size.steps[name]} steps")
+        overrides = [f"data.root={data}", f"name={name}",
+                     f"optim.steps={size.steps[name]}", f"optim.batch_size={size.batch_size}",
+                     "optim.warmup=0", "optim.ema=null", f"validation.every={size.validate_every}",
+                     f"checkpoint.every={size.validate_every}", "logging.tensorboard=false",
+                     f"logging.progress={str(progress).lower()}", "device=cpu"]
+        runs[name] = Path(train(load_config(configs_dir() / recipe, overrides), run_dir=out / "runs" / name))
+        clock = _timed(seconds, f"train {name}", clock)
+
+    test = _test_subjects(runs)
+    say(f"3/5 translate {len(test)} test subjects: {', '.join(test)}")
+    predictions: dict[str, Path] = {}
+    for name, run_dir in runs.items():
+        predictor = Predictor.from_run(run_dir, device="cpu")
+        predictions[name] = out / "predictions" / name
+        predictor.predict_paths([data / s for s in test], predictions[name], fmt="nii")
+    predictions[BASELINE] = out / "predictions" / "baseline"
+    predictions[BASELINE].mkdir(parents=True, exist_ok=True)
+    for subject in test:
+        t1, t2 = load(data / subject / "t1.nii.gz"), load(data / subject / "t2.nii.gz")
+        mask = load(masks / f"{subject}.nii.gz").array
+        info = SyntheticInfo(model="linear-rescale", source=str(data / subject / "t1.nii.gz"),
+                             method="min-max in brain")
+        save(t1.with_array(linear_rescale(t1.array, t2.array, mask), modality="t2"),
+             predictions[BASELINE] / f"{subject}.nii.gz", synthetic=info)
+    clock = _timed(seconds, "predict", clock)
+
+    say("4/5 evaluate (preset default, inside the brain mask)")
+    evaluations, models, scores = {}, [], {}
+    for name, folder in predictions.items():
+        evaluations[name] = out / "evaluation" / folder.name
+        result = evaluate(folder, data, mask=masks, preset="default", ref_modality="t2")
+        result.write(evaluations[name])
+        models.append(ModelResult(name, [{"subject": s, **v} for s, v in result.per_subject.items()]))
+        scores[name] = {m: float(result.summary["metrics"][m]["mean"]) for m in ("psnr", "ssim", "mae")}
+    clock = _timed(seconds, "evaluate", clock)
+
+    say("5/5 report")
+    views = [SubjectView(s, load(data / s / "t1.nii.gz"),
+                         {n: load(predictions[n] / f"{s}.nii.gz") for n in predictions},
+                         target=load(data / s / "t2.nii.gz"), mask=load(masks / f"{s}.nii.gz"))
+             for s in test]
+    report = write_report(out / "report.html", models, views, title="medtrans demo: T1 → T2 on the phantom",
+                          notes=[f"{len(test)} test subjects; baseline: T1 min-max inside the brain mapped "
+                                 "linearly to the T2 min-max (per subject)."])
+    _timed(seconds, "report", clock)
+    return DemoResult(out=out, data=data, runs=runs, predictions=predictions, evaluations=evaluations,
+                      report=report, test_subjects=test, scores=scores, seconds=seconds)
+
+
+def _test_subjects(runs: dict[str, Path]) -> list[str]:
+    """The test split, which every run of the demo shares (same subjects, same seed)."""
+    import json
+
+    splits = [json.loads((run / "splits.json").read_text())["test"] for run in runs.values()]
+    if any(s != splits[0] for s in splits):
+        raise MedtransError(None, "the demo runs split the subjects differently", "report this as a bug")
+    return list(splits[0])

@@ -1,0 +1,50 @@
+"""``medtrans demo``: the baseline arithmetic, and the quick variant through the real CLI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from medtrans.cli import _register, app
+from medtrans.demo import BASELINE, brain_mask, linear_rescale
+from medtrans.io import load
+
+_register()
+
+
+def test_linear_rescale_maps_the_masked_range_onto_the_target() -> None:
+    source = np.array([[[0.0, 10.0, 20.0, 99.0]]])
+    target = np.array([[[5.0, 100.0, 300.0, -7.0]]])
+    mask = np.array([[[1, 1, 1, 0]]])
+    # inside the mask source spans [0, 20] and target [5, 300]: y = 5 + x * 295 / 20
+    np.testing.assert_allclose(linear_rescale(source, target, mask), [[[5.0, 152.5, 300.0, 1465.25]]])
+
+
+def test_brain_mask_keeps_csf_grey_white_matter_and_lesions() -> None:
+    labels = np.arange(11, dtype=np.float32).reshape(1, 1, 11)  # background … urine
+    np.testing.assert_array_equal(brain_mask(labels)[0, 0], [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0])
+
+
+def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    html = (out / "report.html").read_text()
+    subjects = sorted(p.name for p in (out / "predictions" / "regression").iterdir())
+    assert subjects and [s.removesuffix(".nii.gz") for s in subjects] == sorted(
+        p.name.removesuffix(".nii.gz") for p in (out / "predictions" / "baseline").iterdir())
+    for name in subjects:
+        sid = name.removesuffix(".nii.gz")
+        assert f"<h2>{sid}</h2>" in html
+        pred, source = load(out / "predictions" / "pix2pix" / name), load(out / "data" / sid / "t1.nii.gz")
+        assert pred.shape == source.shape and np.array_equal(pred.affine, source.affine)
+        assert pred.meta["synthetic"].startswith("SYNTHETIC")
+    for model in ("regression", "pix2pix", "baseline"):
+        assert (out / "evaluation" / model / "per_subject.csv").is_file()
+    table = result.output
+    for model in ("regression", "pix2pix", BASELINE):
+        assert re.search(rf"{re.escape(model)}\s*│\s*[\d.]+\s*│\s*[\d.]+", table), table
+    assert f"report {out / 'report.html'}" in re.sub(r" +", " ", table)
