@@ -152,6 +152,12 @@ def test_channels_last_reaches_every_convolution(name, spatial_dims):
     torch.testing.assert_close(out, net(x), rtol=1e-4, atol=1e-4)
 
 
+def test_too_small_input_for_the_depth_is_a_clear_error():
+    net = build_backbone({"name": "unet", "width": 4, "depth": 4}, 2, 1, 1)
+    with pytest.raises(MedtransError, match="smaller depth"):
+        net(torch.randn(2, 1, 16, 16))  # 16 / 2**4 = 1 voxel at the bottom
+
+
 def test_bad_specs_name_what_is_allowed():
     with pytest.raises(MedtransError, match="depth, width"):
         build_backbone({"name": "unet", "levels": 3}, 2, 1, 1)

@@ -101,6 +101,12 @@ class InstanceNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x[0, 0].numel() < 2:
+            raise MedtransError(
+                None,
+                f"instance norm got a {tuple(x.shape[2:])} feature map (one voxel has no spread)",
+                "use larger patches or slices, or a smaller depth / fewer downsamplings",
+            )
         parts = [
             F.batch_norm(sample, None, None, self.weight, self.bias, True, 0.0, self.eps)
             for sample in x.split(1)
