@@ -428,9 +428,16 @@ def _mix(fractions: dict[str, np.ndarray], tissue: dict[str, dict[str, float]], 
 
 
 def _rician(rng: np.random.Generator, clean: np.ndarray, sigma: float) -> np.ndarray:
-    n1 = rng.standard_normal(clean.shape, dtype=np.float32) * np.float32(sigma)
-    n2 = rng.standard_normal(clean.shape, dtype=np.float32) * np.float32(sigma)
-    return np.sqrt((clean + n1) ** 2 + n2 ** 2)
+    """Magnitude of a complex signal with Gaussian noise of ``sigma`` in both channels (in place)."""
+    real = rng.standard_normal(clean.shape, dtype=np.float32)
+    real *= np.float32(sigma)
+    real += clean
+    real *= real
+    imag = rng.standard_normal(clean.shape, dtype=np.float32)
+    imag *= np.float32(sigma)
+    imag *= imag
+    real += imag
+    return np.sqrt(real, out=real)
 
 
 def _mr(rng: np.random.Generator, name: str, pd: np.ndarray, r1: np.ndarray, r2: np.ndarray,
@@ -490,12 +497,14 @@ def simulate(spec: PhantomSpec, index: int) -> Subject:
     if wanted & set(SEQUENCES):
         pd = _mix(fr, tissue, "pd")
         safe = np.maximum(pd, 1e-6)
+        rates = {k: {"r1": 1.0 / p["t1"], "r1ce": 1.0 / p["t1"] + GD_RELAXIVITY * p["gd"],
+                     "r2": 1.0 / p["t2"], "pd": p["pd"]} for k, p in tissue.items()}
+        r2 = _mix(fr, rates, "r2", "pd") / safe  # proton-weighted rates, shared by every sequence
+        r1 = {key: _mix(fr, rates, key, "pd") / safe
+              for key in {"r1ce" if m == "t1ce" else "r1" for m in SEQUENCES if m in wanted}}
         for name in [m for m in SEQUENCES if m in wanted]:
-            rate_key = {k: {"r1": 1.0 / p["t1"] + (GD_RELAXIVITY * p["gd"] if name == "t1ce" else 0.0),
-                            "r2": 1.0 / p["t2"], "pd": p["pd"]} for k, p in tissue.items()}
-            r1 = _mix(fr, rate_key, "r1", "pd") / safe
-            r2 = _mix(fr, rate_key, "r2", "pd") / safe
-            images[name], scanner[name] = _mr(stream(name), name, pd, r1, r2, SCANNER, h)
+            r1_name = r1["r1ce" if name == "t1ce" else "r1"]
+            images[name], scanner[name] = _mr(stream(name), name, pd, r1_name, r2, SCANNER, h)
     if wanted & {"ct", "ldct", "cbct"}:
         texture = smooth_field(np.random.default_rng([spec.seed, index, 100]), shape, 6.0, h)
         clean = _mix(fr, tissue, "hu") + texture * (150.0 * fr.get("bone", 0.0) + 5.0)
