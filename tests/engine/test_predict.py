@@ -161,3 +161,20 @@ def test_real_cli_phantom_train_predict_evaluate_report(tmp_path: Path, make_con
     for s in test:
         assert f"<h2>{s}</h2>" in html
     assert len(re.findall(r'<img id="img-0-\d+"', html)) == 4  # source | synthetic | target | error
+
+
+@pytest.mark.parametrize("dims, extra", [("2.5d", {"data.context": 1}),
+                                         ("3d", {"data.patch_size": [16, 16, 8], "optim.batch_size": 2})])
+def test_two_and_a_half_d_and_3d_runs_predict_on_the_source_grid(
+        dims: str, extra: dict, phantom_root: Path, make_config: Callable[..., Config],
+        tmp_path: Path) -> None:
+    from medtrans.engine.trainer import train
+
+    config = make_config(phantom_root, **{"data.dims": dims, "optim.steps": 1, "validation.every": 1,
+                                          "logging.tensorboard": False, **extra})
+    run = train(config, run_dir=tmp_path / "run")
+    predictor = Predictor.from_run(run, device="cpu", batch_size=3)
+    source = oblique_lps(load(phantom_root / "sub-004" / "t1.nii.gz"))
+    out = predictor.predict_subject({"t1": source})
+    assert out.shape == source.shape and np.array_equal(out.affine, source.affine)
+    assert np.isfinite(out.array).all() and out.meta["modality"] == "t2"
