@@ -52,6 +52,20 @@ def test_generator_terms_are_gan_plus_lambda_l1():
     assert terms["gan"].item() == pytest.approx(gan_loss(judged, True).item(), rel=1e-5)
 
 
+def test_masked_l1_ignores_the_target_outside_the_mask():
+    torch.manual_seed(0)
+    method = make(masked=True, lambda_l1=1.0)
+    batch = toy_batch(0)
+    mask = torch.zeros_like(batch["target"])
+    mask[..., 8:20, 4:30] = 1
+    fake = method.translate(batch["source"])[0]
+    expected = (fake - batch["target"])[mask.bool()].abs().mean()
+    wild = batch["target"].masked_fill(mask == 0, 1e6)
+    for target in (batch["target"], wild):
+        l1 = method.losses({"source": batch["source"], "target": target, "mask": mask}, "g")["l1"]
+        assert l1.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_discriminator_step_reuses_the_detached_fake_and_is_halved():
     torch.manual_seed(0)
     method = make()

@@ -28,6 +28,7 @@ class Pix2Pix(Method):
         discriminator: ``{"name": "patchgan", **args}``; it sees source and image concatenated.
         gan_loss: ``lsgan`` (least squares, stabler) or ``vanilla`` (cross-entropy, the paper's).
         lambda_l1: weight of the L1 term (100 in the paper).
+        masked: when the batch has a ``mask``, average the L1 term over the mask only.
         betas: Adam betas of both groups.
     """
 
@@ -42,6 +43,7 @@ class Pix2Pix(Method):
         discriminator: dict[str, Any] | None = None,
         gan_loss: str = "lsgan",
         lambda_l1: float = 100.0,
+        masked: bool = False,
         betas: tuple[float, float] = (0.5, 0.999),
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
@@ -51,6 +53,7 @@ class Pix2Pix(Method):
         )
         self.gan_loss = check_choice("gan_loss", gan_loss, GAN_LOSSES)
         self.lambda_l1 = float(lambda_l1)
+        self.masked = bool(masked)
         self.betas = (float(betas[0]), float(betas[1]))
         self._fake: tuple[Tensor, Tensor] | None = None  # (source it came from, detached fake)
 
@@ -72,7 +75,8 @@ class Pix2Pix(Method):
             self._fake = (source, fake.detach())
             return {
                 "gan": gan_loss(self._judge(source, fake), True, self.gan_loss),
-                "l1": self.lambda_l1 * reconstruction(fake, target, "l1"),
+                "l1": self.lambda_l1
+                * reconstruction(fake, target, "l1", batch.get("mask") if self.masked else None),
             }
         if self._fake is not None and self._fake[0] is source:
             fake = self._fake[1]
