@@ -246,10 +246,15 @@ def test_unpaired_targets_come_from_another_subject(cache) -> None:
         make_sampler(cache, ["sub-000"], mode="2d", paired=False)
 
 
-def test_sampler_works_in_a_dataloader(cache) -> None:
-    loader = torch.utils.data.DataLoader(make_sampler(cache, cache.subject_ids, mode="2d"), batch_size=4)
-    batch = next(iter(loader))
-    assert batch["source"].shape == (4, 2, 32, 32) and len(batch["subject"]) == 4
+def test_sampler_in_a_dataloader_gives_the_same_batches_with_workers(cache) -> None:
+    sampler = make_sampler(cache, cache.subject_ids, mode="2.5d", seed=4)
+    sampler.set_epoch(3)
+    single = list(torch.utils.data.DataLoader(sampler, batch_size=4))
+    workers = list(torch.utils.data.DataLoader(sampler, batch_size=4, num_workers=2))
+    assert single[0]["source"].shape == (4, 6, 32, 32) and len(single[0]["subject"]) == 4
+    assert len(single) == len(workers)
+    for a, b in zip(single, workers, strict=True):
+        assert torch.equal(a["source"], b["source"]) and a["subject"] == b["subject"]
 
 
 # ---------------------------------------------------------------------------------------------- splits
