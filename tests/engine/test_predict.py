@@ -178,3 +178,18 @@ def test_two_and_a_half_d_and_3d_runs_predict_on_the_source_grid(
     out = predictor.predict_subject({"t1": source})
     assert out.shape == source.shape and np.array_equal(out.affine, source.affine)
     assert np.isfinite(out.array).all() and out.meta["modality"] == "t2"
+
+
+def test_cli_error_is_one_line_and_exit_code_2(tiny_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    done = subprocess.run([sys.executable, "-c", "from medtrans.cli import main; main()", "predict",
+                           str(tiny_run), str(notes), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "notes.txt" in lines[0] and "not an image file" in lines[0]
+    assert not (tmp_path / "out").exists()
