@@ -11,12 +11,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy.stats import wilcoxon
 
 from medtrans.engine.evaluator import evaluate
 from medtrans.errors import MedtransError
 from medtrans.io import Volume, load, save
 from medtrans.metrics import evaluate_pair
+from medtrans.metrics.distribution import FeatureExtractor, fid
+from medtrans.metrics.segmentation import segmentation_consistency
 from medtrans.metrics.stats import bootstrap_ci, paired_wilcoxon, summarise
 
 MEDTRANS = Path(sys.executable).parent / "medtrans"
@@ -172,3 +175,45 @@ def test_summary_statistics():
     a, b = [1.0, 2.5, 3.1, 4.7, 5.2, 6.9], [1.4, 2.0, 3.9, 4.1, 6.0, 7.5]
     assert paired_wilcoxon(a, b)["p_value"] == pytest.approx(wilcoxon(a, b).pvalue)
     assert paired_wilcoxon(a, a)["p_value"] == 1.0
+
+
+class _TinyExtractor(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))], dim=1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_tissue_classes_and_fid_with_a_scripted_extractor(folders, tmp_path):
+    path = tmp_path / "extractor.pt"
+    torch.jit.save(torch.jit.script(_TinyExtractor()), str(path))
+    result = evaluate(
+        folders["pred"],
+        folders["ref"],
+        mask=folders["masks"],
+        preset="synthrad2023",
+        tissue_classes=3,
+        fid=True,
+        extractor=path,
+        compare=folders["other"],
+    )
+    ref = _load(folders["ref"] / "s03.nii.gz")
+    mask = _load(folders["masks"] / "s03_mask.nii.gz")
+    seg = segmentation_consistency(_load(folders["pred"] / "s03.nii.gz"), ref, mask, n_classes=3)
+    for key, value in seg.items():
+        assert result.per_subject["s03"][f"seg_{key}"] == pytest.approx(value, nan_ok=True)
+    dist = result.summary["distribution"]
+    assert dist["prediction"]["n_real"] == 5 * 14 and dist["intensity_range"] == [-1024.0, 3000.0]
+    net = FeatureExtractor(path)
+    real = np.concatenate(
+        [net.features(np.moveaxis(_load(folders["ref"] / f"{s}.nii.gz"), -1, 0), (-1024, 3000)) for s in IDS]
+    )
+    preds = np.concatenate(
+        [
+            net.features(np.moveaxis(load(p).array, -1, 0), (-1024, 3000))
+            for p in sorted(folders["pred"].iterdir())
+        ]
+    )
+    assert dist["prediction"]["fid"] == pytest.approx(fid(real, preds), rel=1e-9)
+    assert dist["compare"]["fid"] > dist["prediction"]["fid"]  # the noisier model is further away
+    with pytest.raises(MedtransError, match="fid-range"):
+        evaluate(folders["pred"], folders["ref"], fid=True, extractor=path)

