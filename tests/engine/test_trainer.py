@@ -19,7 +19,7 @@ from medtrans.data.plan import Plan
 from medtrans.engine import checkpoint as ckpt
 from medtrans.engine.run import load_trained
 from medtrans.engine.runlog import read_metrics
-from medtrans.engine.trainer import lr_factor, train
+from medtrans.engine.trainer import ema_update, lr_factor, train
 from medtrans.errors import MedtransError
 
 MEDTRANS = Path(sys.executable).parent / "medtrans"
@@ -158,3 +158,14 @@ def test_lr_schedules_analytic() -> None:
                                                     "gamma": 0.5}}).optim
     g = lr_factor(step, 12)
     assert [g(0), g(3), g(4), g(8), g(11)] == [1.0, 1.0, 0.5, 0.25, 0.25]
+
+
+def test_ema_decay_ramps_up() -> None:
+    update = ema_update(0.99)
+    averaged = [torch.zeros(2), torch.zeros(1, dtype=torch.long)]
+    current = [torch.ones(2), torch.full((1,), 5)]
+    update(averaged, current, torch.tensor(1))  # decay min(0.99, 2/11): the average moves 9/11 of the way
+    assert torch.allclose(averaged[0], torch.full((2,), 9 / 11)) and averaged[1].item() == 5
+    averaged[0].zero_()
+    update(averaged, current, torch.tensor(10_000))  # ramp finished: the configured decay
+    assert torch.allclose(averaged[0], torch.full((2,), 0.01))

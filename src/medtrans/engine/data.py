@@ -101,10 +101,10 @@ def build_data(config: Config, run_dir: Path, reuse: bool) -> TrainData:
 
 
 def _val_subject(cache: PreparedCache, plan: Plan, subject: str) -> ValSubject:
-    """A subject's cached (slice-major) arrays back in (X, Y, Z) model-space order."""
+    """A subject's cached (slice-major) arrays back in (X, Y, Z) model-space order, read into memory."""
 
     def xyz(array: np.ndarray) -> np.ndarray:
-        return np.moveaxis(np.asarray(array), 0, plan.slice_axis)
+        return np.array(np.moveaxis(array, 0, plan.slice_axis))
 
     source = np.stack([xyz(cache.array(subject, m)) for m in plan.sources]).astype(np.float32)
     return ValSubject(id=subject, source=source, target=xyz(cache.array(subject, plan.target)),

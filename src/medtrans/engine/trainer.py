@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medtrans.config import Config, OptimConfig, dump_config
 from medtrans.engine import checkpoint as ckpt
@@ -91,6 +91,26 @@ def lr_factor(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+    """EMA step with the decay ramped up as min(decay, (1 + n) / (10 + n)) after n updates.
+
+    With a fixed 0.999 the average of a short run would still be mostly the random initialisation
+    (0.999**1000 ≈ 0.37); the ramp lets early checkpoints already follow the trained weights.
+    """
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        n = int(num_averaged)
+        weight = 1.0 - min(decay, (1 + n) / (10 + n))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
+
+
 def make_optimizer(optim: OptimConfig, params: list[nn.Parameter],
                    overrides: dict[str, Any]) -> torch.optim.Optimizer:
     """Adam or AdamW with the config's settings, updated by the method's per-group overrides."""
@@ -136,7 +156,7 @@ class Trainer:
         self.schedulers = {g: LambdaLR(opt, factor) for g, opt in self.optimizers.items()}
         self.ema = None
         if config.optim.ema is not None:
-            self.ema = AveragedModel(self.method, multi_avg_fn=get_ema_multi_avg_fn(config.optim.ema),
+            self.ema = AveragedModel(self.method, multi_avg_fn=ema_update(config.optim.ema),
                                      use_buffers=True)
         self.progress = Progress()
         if resume:
