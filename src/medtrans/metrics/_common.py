@@ -65,7 +65,7 @@ def check_mask(mask: ArrayLike | None, shape: tuple[int, ...], device: torch.dev
     if m.is_floating_point() and not bool(torch.isfinite(m).all()):
         raise MedtransError(None, "mask contains NaN or infinite values", "pass a binary mask")
     m = (m if m.dtype == torch.bool else m > 0).to(device)
-    if not bool(m.any()):
+    if int(m.view(torch.uint8).amax()) == 0:  # faster than any() on large boolean masks
         raise MedtransError(
             None, "mask is empty (no voxel > 0)", "pass a mask that covers the region to score"
         )

@@ -203,9 +203,10 @@ def _crop_interior(t: torch.Tensor, pad: int, first: int) -> torch.Tensor:
     return t[tuple(index)]
 
 
-def _rows(block: torch.Tensor, axis: int) -> tuple[int, int]:
-    hits = torch.nonzero(block.any(dim=tuple(a for a in range(block.dim()) if a != axis))).flatten()
-    return int(hits[0]), int(hits[-1]) + 1
+def _extent(projection: torch.Tensor) -> tuple[int, int] | None:
+    """First and one-past-last True index of a (slices, n) projection, over all its slices."""
+    hits = torch.nonzero(projection.any(dim=0)).flatten()
+    return (int(hits[0]), int(hits[-1]) + 1) if hits.numel() else None
 
 
 def map_reduce(
@@ -243,15 +244,20 @@ def map_reduce(
     counts = torch.zeros_like(sums)
     maps: list[torch.Tensor] = []
     step = _chunk(tuple(p.shape), p.device)
+    crop = mi is not None and not full
+    if crop:  # the mask's in-plane extent per output slice, computed once
+        as_bytes = mi.view(torch.uint8)  # amax over bytes is 3-5x faster than any() over bools here
+        rows_any, cols_any = as_bytes.amax(dim=2) > 0, as_bytes.amax(dim=1) > 0
     with _threads(p.device):
         for start in range(0, n_out, step):
             stop = min(start + step, n_out)
             xs, ys = p[start : stop + extra], r[start : stop + extra]
             block = None if mi is None else mi[start:stop]
-            if block is not None and not full:
-                if not bool(block.any()):
+            if crop:
+                rows, cols = _extent(rows_any[start:stop]), _extent(cols_any[start:stop])
+                if rows is None or cols is None:
                     continue
-                (y0, y1), (x0, x1) = _rows(block, 1), _rows(block, 2)
+                (y0, y1), (x0, x1) = rows, cols
                 block = block[:, y0:y1, x0:x1]
                 xs, ys = (
                     xs[:, y0 : y1 + 2 * pad, x0 : x1 + 2 * pad],
