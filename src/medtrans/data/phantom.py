@@ -259,10 +259,14 @@ def _brain(spec: PhantomSpec, rng: np.random.Generator) -> tuple[Canvas, dict[st
     canvas.paint("muscle", _ramp(np.minimum(depth - inner, base - lz), h))
     above = lz - base - t_base
     canvas.paint("csf", _ramp(np.minimum(depth - inner, above), h))
-    folds = smooth_field(rng, canvas.shape, 14.0, h)
-    surface = inner + t_csf + fold_depth * np.clip(0.5 - 0.5 * folds, 0, 1)  # sulci where folds < 0
-    canvas.paint("gm", _ramp(np.minimum(depth - surface, above - t_csf), h))
-    canvas.paint("wm", _ramp(np.minimum(depth - surface - t_gm, above - t_csf - t_gm - 3.0), h))
+    # sulci follow the zero lines of a smooth random field: narrow CSF clefts fold_depth deep; the
+    # white-matter surface dips under a wider band, so grey matter lines both walls of each sulcus
+    folds = smooth_field(rng, canvas.shape, 16.0, h)
+    top = inner + t_csf
+    cleft = np.exp(-((folds / 0.12) ** 2))
+    under = np.exp(-((folds / 0.45) ** 2))
+    canvas.paint("gm", _ramp(np.minimum(depth - top - fold_depth * cleft, above - t_csf), h))
+    canvas.paint("wm", _ramp(np.minimum(depth - top - t_gm - fold_depth * under, above - t_csf - t_gm - 3.0), h))
     thal = scale * np.array([rng.uniform(8, 10), rng.uniform(12, 15), rng.uniform(7, 9)])
     for side in (-1, 1):
         canvas.ellipsoid("gm", [side * 11 * scale[0], -12 * scale[1], 4 * scale[2]], thal)
