@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,3 +73,30 @@ def test_resume_extends_a_finished_run(phantom_root: Path, make_config: Callable
     train(make_config(phantom_root, **{"optim.steps": 3}), resume=run)
     steps = [r["step"] for r in read_metrics(run / "logs" / "metrics.csv") if r["name"] == "g/l1"]
     assert steps == [1, 2, 3]
+
+
+def test_ctrl_c_stops_after_the_step_and_writes_last(phantom_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "interrupted"
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "phantom_t1_t2_regression.yaml"
+    sets = [f"data.root={phantom_root}", "backbone.args={depth: 2, width: 4}", "optim.batch_size=4",
+            "optim.steps=500", "optim.amp=false", "device=cpu", "logging.every=1", "logging.progress=false",
+            "logging.tensorboard=false", "validation.every=null",
+            "data.splits={train: 0.34, val: 0.33, test: 0.33}"]
+    command = [str(MEDTRANS), "train", str(recipe), *[a for s in sets for a in ("--set", s)],
+               "--run-dir", str(run)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run / "logs" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and "g/l1" in metrics.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"training ended or stalled before its first step: {proc.communicate()[1]}")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted after step" in err and "--resume" in err
+    state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
+    logged = [r["step"] for r in read_metrics(metrics) if r["name"] == "g/l1"]
+    assert 1 <= state["step"] < 500 and logged == list(range(1, state["step"] + 1))

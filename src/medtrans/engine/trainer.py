@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -365,7 +367,8 @@ class Trainer:
         end = self.total_steps if stop_after is None else min(self.total_steps, p.step + stop_after)
         self.method.train()
         try:
-            with _progress_bar(cfg.logging.progress, self.total_steps, p.step) as bar:
+            with _progress_bar(cfg.logging.progress, self.total_steps, p.step) as bar, \
+                    _stop_on_interrupt() as interrupted:
                 window_start, window_steps = time.perf_counter(), 0
                 batches = self.batches()
                 while p.step < end:
@@ -376,18 +379,56 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_steps * cfg.optim.batch_size / max(now - window_start, 1e-9)
                     bar.update(p.step, losses, rate)
-                    if p.step % cfg.logging.every == 0 or p.step == end:
+                    stopping = p.step == end or interrupted.is_set()
+                    if p.step % cfg.logging.every == 0 or stopping:
                         lrs = {f"lr/{g}": s.get_last_lr()[0] for g, s in self.schedulers.items()}
                         log.scalars(p.step, p.epoch, {**losses, **lrs, "samples_per_s": rate})
                         window_start, window_steps = now, 0
                     finished = p.step == self.total_steps
                     if finished or (cfg.validation.every and p.step % cfg.validation.every == 0):
                         self.validate(log)
-                    if finished or p.step == end or p.step % cfg.checkpoint.every == 0:
+                    if finished or stopping or p.step % cfg.checkpoint.every == 0:
                         self.save("last")
+                    if interrupted.is_set():
+                        _console().print(f"interrupted after step {p.step}: checkpoints/last written; "
+                                         f"continue with medtrans train --resume {self.run_dir}",
+                                         markup=False, highlight=False)
+                        break
         finally:
             log.close()
         return self.run_dir
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[threading.Event]:
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step and write ``last``.
+
+    A step interrupted half-way (after one group's update) could not be resumed exactly, so the
+    signal only sets a flag; a second Ctrl-C interrupts at once as usual.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Bar:
@@ -407,12 +448,11 @@ def _progress_bar(enabled: bool, total: int, start: int) -> Iterator[_Bar]:
     if not enabled:
         yield _Bar(None, None)
         return
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    with Progress(*columns, console=_console(), transient=False) as progress:
         task = progress.add_task("train", total=total, completed=start, losses="", rate="")
         yield _Bar(progress, task)
 
