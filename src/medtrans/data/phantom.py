@@ -266,7 +266,8 @@ def _brain(spec: PhantomSpec, rng: np.random.Generator) -> tuple[Canvas, dict[st
     cleft = np.exp(-((folds / 0.12) ** 2))
     under = np.exp(-((folds / 0.45) ** 2))
     canvas.paint("gm", _ramp(np.minimum(depth - top - fold_depth * cleft, above - t_csf), h))
-    canvas.paint("wm", _ramp(np.minimum(depth - top - t_gm - fold_depth * under, above - t_csf - t_gm - 3.0), h))
+    wm_depth = depth - top - t_gm - fold_depth * under
+    canvas.paint("wm", _ramp(np.minimum(wm_depth, above - t_csf - t_gm - 3.0), h))
     thal = scale * np.array([rng.uniform(8, 10), rng.uniform(12, 15), rng.uniform(7, 9)])
     for side in (-1, 1):
         canvas.ellipsoid("gm", [side * 11 * scale[0], -12 * scale[1], 4 * scale[2]], thal)
