@@ -60,6 +60,9 @@ def test_cli_train_writes_the_run_directory(phantom_root: Path, tmp_path: Path) 
     state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
     assert state["step"] == 3 and state["total_steps"] == 3
     assert [h["step"] for h in state["history"]] == [2, 3]  # validation every 2 steps and at the end
+    best = max(state["history"], key=lambda h: h["psnr"])  # the metric the recipe ranks by
+    assert state["best"] == best["psnr"] and state["best_step"] == best["step"]
+    assert json.loads((run_dir / "checkpoints" / "best" / "state.json").read_text())["step"] == best["step"]
 
     rows = loss_rows(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["value"]) for r in rows)
@@ -130,6 +133,21 @@ def test_pix2pix_with_amp_channels_last_and_ema(phantom_root: Path, make_config:
     source = torch.randn(1, 1, 32, 32)
     prediction, _ = method.translate(source)
     assert prediction.shape == (1, 1, 32, 32) and torch.isfinite(prediction).all()
+
+
+def test_2p5d_ct_target_ranks_best_by_lowest_mae(phantom_root: Path, make_config: Callable[..., Config],
+                                                 tmp_path: Path) -> None:
+    config = make_config(phantom_root, **{
+        "data.dims": "2.5d", "data.context": 1, "data.target": "ct", "validation.metric": "mae",
+        "optim.steps": 3, "validation.every": 1, "logging.samples": False,
+    })
+    run_dir = train(config, run_dir=tmp_path / "ct")
+    method, _, plan = load_trained(run_dir)
+    assert method.in_channels == 3 and plan.target == "ct"
+    state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+    assert [h["step"] for h in state["history"]] == [1, 2, 3]
+    assert state["best"] == min(h["mae"] for h in state["history"])
+    assert not (run_dir / "samples").exists()
 
 
 def test_3d_patches_and_sliding_window_validation(phantom_root: Path, make_config: Callable[..., Config],
