@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
-from medtrans.demo import BASELINE, brain_mask, linear_rescale
+from medtrans.demo import BASELINES, brain_mask, linear_fit, linear_rescale
 from medtrans.io import load
 
 _register()
@@ -21,6 +21,16 @@ def test_linear_rescale_maps_the_masked_range_onto_the_target() -> None:
     mask = np.array([[[1, 1, 1, 0]]])
     # inside the mask source spans [0, 20] and target [5, 300]: y = 5 + x * 295 / 20
     np.testing.assert_allclose(linear_rescale(source, target, mask), [[[5.0, 152.5, 300.0, 1465.25]]])
+
+
+def test_linear_fit_recovers_an_exact_linear_relation_inside_the_mask() -> None:
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0, 500, (6, 5, 4))
+    target = 800 - 1.5 * source
+    mask = np.zeros(source.shape, np.uint8)
+    mask[1:5, 1:4, 1:3] = 1
+    target[mask == 0] = 0.0  # outside the mask nothing is fitted
+    np.testing.assert_allclose(linear_fit(source, target, mask), 800 - 1.5 * source, rtol=1e-5)
 
 
 def test_brain_mask_keeps_csf_grey_white_matter_and_lesions() -> None:
@@ -35,16 +45,16 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     subjects = sorted(p.name for p in (out / "predictions" / "regression").iterdir())
     assert subjects and [s.removesuffix(".nii.gz") for s in subjects] == sorted(
-        p.name.removesuffix(".nii.gz") for p in (out / "predictions" / "baseline").iterdir())
+        p.name.removesuffix(".nii.gz") for p in (out / "predictions" / "baseline-minmax").iterdir())
     for name in subjects:
         sid = name.removesuffix(".nii.gz")
         assert f"<h2>{sid}</h2>" in html
         pred, source = load(out / "predictions" / "pix2pix" / name), load(out / "data" / sid / "t1.nii.gz")
         assert pred.shape == source.shape and np.array_equal(pred.affine, source.affine)
         assert pred.meta["synthetic"].startswith("SYNTHETIC")
-    for model in ("regression", "pix2pix", "baseline"):
+    for model in ("regression", "pix2pix", "baseline-minmax", "baseline-linfit"):
         assert (out / "evaluation" / model / "per_subject.csv").is_file()
     table = result.output
-    for model in ("regression", "pix2pix", BASELINE):
+    for model in ("regression", "pix2pix", *BASELINES):
         assert re.search(rf"{re.escape(model)}\s*│\s*[\d.]+\s*│\s*[\d.]+", table), table
     assert f"report {out / 'report.html'}" in re.sub(r" +", " ", table)

@@ -21,7 +21,7 @@ def demo(
 
     Example: medtrans demo --out /tmp/medtrans-demo
     """
-    from medtrans.demo import BASELINE, run_demo
+    from medtrans.demo import BASELINES, run_demo
 
     console = Console()
     result = run_demo(out, quick=quick, say=lambda text: console.print(f"[bold]{text}[/]"), progress=True)
@@ -31,11 +31,12 @@ def demo(
     for name, score in result.scores.items():
         table.add_row(name, f"{score['psnr']:.2f}", f"{score['ssim']:.4f}", f"{score['mae']:.2f}")
     console.print(table)
-    base = result.scores[BASELINE]
     for name, score in result.scores.items():
-        if name != BASELINE:
-            console.print(f"{name} vs baseline: PSNR {score['psnr'] - base['psnr']:+.2f} dB, "
-                          f"SSIM {score['ssim'] - base['ssim']:+.4f}")
+        if name not in BASELINES:
+            for baseline in BASELINES:
+                base = result.scores[baseline]
+                console.print(f"{name} vs {baseline}: PSNR {score['psnr'] - base['psnr']:+.2f} dB, "
+                              f"SSIM {score['ssim'] - base['ssim']:+.4f}")
     rows = [("data (phantom)", result.data), *((f"run {n}", p) for n, p in result.runs.items()),
             *((f"predictions {n}", p) for n, p in result.predictions.items()),
             *((f"evaluation {n}", p) for n, p in result.evaluations.items()), ("report", result.report)]
