@@ -140,6 +140,14 @@ def test_cli_refuses_other_grids_unless_resample(folders, tmp_path):
 def test_dataset_reference_uses_its_masks_and_needs_a_modality(folders):
     with pytest.raises(MedtransError, match="several modalities"):
         evaluate(folders["pred"], folders["dataset"])
+    # a prediction whose SYNTHETIC marking names its target picks that modality by itself
+    marked = folders["root"] / "marked"
+    save(
+        Volume(_load(folders["pred"] / "s01.nii.gz"), AFFINE),
+        marked / "s01.nii.gz",
+        synthetic="SYNTHETIC by medtrans model=unit target=ct from=mr.nii.gz",
+    )
+    assert evaluate(marked, folders["dataset"]).summary["counts"]["reference_source"].endswith("modality ct")
     result = evaluate(folders["pred"], folders["dataset"], ref_modality="ct", preset="synthrad2025")
     assert result.summary["counts"]["masked_subjects"] == 5
     assert "generic" in result.summary["counts"]["reference_source"]

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,6 +215,12 @@ def _mask_folder(folder: Path, ids: list[str]) -> dict[str, Path]:
     return found
 
 
+def _target_modality(volume) -> str | None:
+    """What a prediction synthesises: a ``target=<modality>`` in its SYNTHETIC marking, else its modality."""
+    found = re.search(r"\btarget=(\w+)", volume.meta.get("synthetic") or "")
+    return found.group(1).lower() if found else volume.modality
+
+
 def match_subjects(
     pred: str | os.PathLike,
     ref: str | os.PathLike,
@@ -234,7 +241,7 @@ def match_subjects(
         raise MedtransError(
             pred, "holds no prediction images", "give a folder of <subject>.nii.gz or .mha files"
         )
-    first_modality = load(next(iter(preds.values()))).modality
+    first_modality = _target_modality(load(next(iter(preds.values()))))
     refs, dataset_masks, ref_kind = _references(ref, ref_modality, first_modality)
     ref_ids = sorted(refs)
     pairs, missing = [], []
