@@ -155,12 +155,13 @@ def test_real_cli_phantom_train_predict_evaluate_report(tmp_path: Path, make_con
                  "--batch-size", 3, "--checkpoint", "last", "--device", "cpu")
     for s in test:
         assert str(tmp_path / "pred" / f"{s}.nii.gz") in output
-    cli("evaluate", tmp_path / "pred", data, "--ref-modality", "t2", "-o", tmp_path / "eval")
-    cli("report", tmp_path / "eval", "-o", tmp_path / "report.html", "--max-slices", 4)
+    cli("evaluate", tmp_path / "pred", data, "--ref-modality", "t2", "-o", run / "eval")
+    cli("report", run, "-o", tmp_path / "report.html", "--max-slices", 4)  # finds run/eval
     html = (tmp_path / "report.html").read_text()
     for s in test:
         assert f"<h2>{s}</h2>" in html
     assert len(re.findall(r'<img id="img-0-\d+"', html)) == 4  # source | synthetic | target | error
+    assert "<td>run</td>" in html  # the model is named after the run holding eval/
 
 
 @pytest.mark.parametrize("dims, extra", [("2.5d", {"data.context": 1}),
