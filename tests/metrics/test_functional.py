@@ -154,3 +154,13 @@ def test_bad_input_gives_clear_errors(call, message):
     pred, ref = _structured((12, 12, 12), 10)
     with pytest.raises(MedtransError, match=message):
         call(pred, ref)
+
+
+def test_big_endian_and_read_only_arrays_are_accepted():
+    pred, ref = _structured((12, 12, 12), 11)
+    big = ref.astype(">f8")
+    frozen = pred.copy()
+    frozen.flags.writeable = False
+    assert mae(frozen, big) == pytest.approx(np.abs(pred - ref).mean(), abs=1e-12)
+    with pytest.raises(MedtransError, match="dtype"):
+        mae(pred.astype(complex), ref)

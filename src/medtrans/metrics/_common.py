@@ -17,9 +17,20 @@ from medtrans.errors import MedtransError
 ArrayLike = np.ndarray | torch.Tensor
 
 
+def _native(a) -> np.ndarray:
+    """A numpy array torch can wrap: native byte order (NIfTI data may be big-endian) and writeable
+    (memory-mapped images are read-only); copied only when needed."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise MedtransError(None, f"unsupported array dtype {arr.dtype}", "pass a real-valued image")
+    if not arr.dtype.isnative or not arr.flags.writeable:
+        arr = np.array(arr, dtype=arr.dtype.newbyteorder("="))
+    return arr
+
+
 def as_float64(a: ArrayLike, name: str, device: torch.device | None = None) -> torch.Tensor:
     """Float64 tensor view of ``a`` (on ``device`` if given, else where it already lives)."""
-    t = a.detach() if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+    t = a.detach() if isinstance(a, torch.Tensor) else torch.from_numpy(_native(a))
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
     if not (
@@ -55,7 +66,7 @@ def check_mask(mask: ArrayLike | None, shape: tuple[int, ...], device: torch.dev
     """Boolean mask (``mask > 0``, the SynthRAD binarisation) of the image's shape; refuses empty masks."""
     if mask is None:
         return None
-    m = mask.detach() if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask))
+    m = mask.detach() if isinstance(mask, torch.Tensor) else torch.from_numpy(_native(mask))
     if tuple(m.shape) != tuple(shape):
         raise MedtransError(
             None,
