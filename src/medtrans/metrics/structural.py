@@ -4,8 +4,8 @@ Why written by hand rather than calling scikit-image or MONAI:
 - masks: the field's official numbers average the SSIM *map* inside a mask after a border crop, so the
   map (or its masked sum) is needed, for SSIM and at every scale of MS-SSIM;
 - 3D speed: scikit-image filters whole float64 volumes with one thread and allocates ~10 full-size
-  arrays (6 s for 256^3 here); streaming slabs through cache-sized float64 torch buffers, cropped to
-  the mask's bounding box, is >10x faster with the same values;
+  arrays (6-10 s for 256^3 here); streaming cache-sized float64 slabs, each cropped to the mask's
+  extent, is >10x faster with a body mask and the same values (docs/BENCHMARKS.md);
 - batches: per-slice presets need one SSIM per slice of a (B, H, W) stack in one call, and tensors on
   a GPU should stay there.
 
@@ -20,7 +20,6 @@ large numbers (HU^2), which float32 would get wrong by ~1e-4 in SSIM.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -426,4 +425,4 @@ def ms_ssim(
         if level < levels - 1:
             p, r = _downsample(p), _downsample(r)
             m = m[tuple(slice(None, None, 2) for _ in range(m.dim()))]
-    return result if math.isfinite(result) else float("nan")
+    return result
