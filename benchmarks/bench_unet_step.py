@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from medtrans.nets import build_backbone
 
 
-def make_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool) -> Callable[[], float]:
-    """A closure running one training step on its own copy of ``net``; returns its seconds.
+def make_step(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool
+) -> Callable[[], tuple[float, float]]:
+    """A closure running one training step on its own copy of ``net``; returns (wall s, CPU s).
 
     ``fast``: weights and batch in channels_last, forward under bf16 autocast (the loss in fp32).
     """
@@ -33,14 +35,14 @@ def make_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool
         y = y.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> tuple[float, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=torch.bfloat16) if fast else nullcontext():
             loss = F.l1_loss(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     return step
 
@@ -62,20 +64,30 @@ def main() -> None:
     net = build_backbone(spec, spatial_dims=2, in_channels=1, out_channels=1)
     millions = sum(p.numel() for p in net.parameters()) / 1e6
     print(f"unet {spec}, {millions:.2f} M parameters, {args.threads} threads, torch {torch.__version__}")
-    print(f"median of {args.repeats} steps after {args.warmup} warm-up, fp32 and fast steps alternating")
-    print(f"{'size':>5} {'batch':>5} {'fp32 img/s':>11} {'cl+bf16 img/s':>14} {'ratio':>6}")
+    print(f"median of {args.repeats} steps after {args.warmup} warm-up, fp32 and fast steps alternating;")
+    print("CPU s = process CPU time per step (less sensitive than wall time to other jobs on the machine)")
+    print(
+        f"{'size':>5} {'batch':>5} {'fp32 img/s':>11} {'cl+bf16 img/s':>14} {'ratio':>6}"
+        f" {'fp32 CPU s':>11} {'cl+bf16 CPU s':>14} {'ratio':>6}"
+    )
     for size, batch in zip(args.sizes, args.batch, strict=True):
         x = torch.randn(batch, 1, size, size)
         y = torch.randn(batch, 1, size, size)
         ref, fast = make_step(net, x, y, fast=False), make_step(net, x, y, fast=True)
-        times: dict[str, list[float]] = {"ref": [], "fast": []}
+        runs: dict[str, list[tuple[float, float]]] = {"ref": [], "fast": []}
         for i in range(args.warmup + args.repeats):
             t_ref, t_fast = ref(), fast()
             if i >= args.warmup:
-                times["ref"].append(t_ref)
-                times["fast"].append(t_fast)
-        t_ref, t_fast = statistics.median(times["ref"]), statistics.median(times["fast"])
-        print(f"{size:>5} {batch:>5} {batch / t_ref:>11.2f} {batch / t_fast:>14.2f} {t_ref / t_fast:>5.2f}x")
+                runs["ref"].append(t_ref)
+                runs["fast"].append(t_fast)
+        (wall_ref, cpu_ref), (wall_fast, cpu_fast) = (
+            [statistics.median(t[k] for t in runs[mode]) for k in (0, 1)] for mode in ("ref", "fast")
+        )
+        print(
+            f"{size:>5} {batch:>5} {batch / wall_ref:>11.2f} {batch / wall_fast:>14.2f}"
+            f" {wall_ref / wall_fast:>5.2f}x"
+            f" {cpu_ref:>11.2f} {cpu_fast:>14.2f} {cpu_ref / cpu_fast:>5.2f}x"
+        )
 
 
 if __name__ == "__main__":
