@@ -21,12 +21,12 @@ CSV_HEADER = ["step", "epoch", "name", "value"]
 class MetricLog:
     """Appends scalars to ``metrics.csv`` and, when enabled, to TensorBoard under the same names."""
 
-    def __init__(self, log_dir: Path, tensorboard: bool, resume_step: int | None = None) -> None:
+    def __init__(self, log_dir: Path, tensorboard: bool, start_step: int = 0) -> None:
+        """Logging continues after ``start_step``: anything logged later than it is dropped first."""
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.log_dir / "metrics.csv"
-        if resume_step is not None:
-            truncate_csv(self.csv_path, resume_step)
+        truncate_csv(self.csv_path, start_step)
         fresh = not self.csv_path.exists()
         self._file = open(self.csv_path, "a", newline="")  # noqa: SIM115 - kept open for the run
         self._csv = csv.writer(self._file)
@@ -37,8 +37,7 @@ class MetricLog:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a crashed run wrote after the checkpoint we resume from
-            purge = None if resume_step is None else resume_step + 1
-            self.writer = SummaryWriter(str(self.log_dir), purge_step=purge)
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=start_step + 1)
 
     def scalars(self, step: int, epoch: int, values: dict[str, float]) -> None:
         for name, value in values.items():

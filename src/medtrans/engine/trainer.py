@@ -362,8 +362,8 @@ class Trainer:
         """Run until ``total_steps`` (or ``stop_after`` steps of this session); returns the run dir."""
         cfg = self.config
         p = self.progress
-        resumed_at = p.step if p.step > 0 else None
-        log = MetricLog(self.run_dir / "logs", cfg.logging.tensorboard, resume_step=resumed_at)
+        # rows after the checkpoint (or, for a new run, from an earlier attempt that crashed) are dropped
+        log = MetricLog(self.run_dir / "logs", cfg.logging.tensorboard, start_step=p.step)
         end = self.total_steps if stop_after is None else min(self.total_steps, p.step + stop_after)
         self.method.train()
         try:
