@@ -94,6 +94,17 @@ def test_cli_config_error_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_without_validation_subjects_last_is_used(phantom_root: Path, make_config: Callable[..., Config],
+                                                  tmp_path: Path) -> None:
+    config = make_config(phantom_root, **{"data.splits": {"train": 0.67, "val": 0.0, "test": 0.33},
+                                          "optim.steps": 1})
+    run_dir = train(config, run_dir=tmp_path / "noval")
+    assert not (run_dir / "checkpoints" / "best").exists()
+    method, _, _ = load_trained(run_dir, which="best")  # falls back to last
+    weights = ckpt.load_model_weights(run_dir / "checkpoints" / "last")
+    assert all(torch.equal(v, weights[k]) for k, v in method.state_dict().items())
+
+
 def test_refuses_to_overwrite_a_run(tiny_run: Path, make_config: Callable[..., Config],
                                     phantom_root: Path) -> None:
     with pytest.raises(MedtransError, match="already holds a trained run"):
