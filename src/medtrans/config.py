@@ -171,21 +171,34 @@ class Config(_Strict):
 
     def training_hash(self) -> str:
         """Hash of what decides the weights; a resumed run must match it (length and logging may change)."""
-        d = self.to_dict()
-        for key in ("name", "runs_dir", "device", "logging", "validation", "checkpoint"):
-            d.pop(key)
-        for key in ("cache_dir", "num_workers", "root"):
-            d["data"].pop(key)
-        for key in ("steps", "epochs"):
-            d["optim"].pop(key)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        items = json.dumps(self._training_items(), sort_keys=True)
+        return hashlib.sha256(items.encode()).hexdigest()[:16]
 
     def training_differences(self, other: Config) -> list[str]:
         """Key paths whose values differ and that change the training (for a resume error)."""
-        a, b = _flatten(self.to_dict()), _flatten(other.to_dict())
-        ignored = ("name", "runs_dir", "device", "logging.", "validation.", "checkpoint.", "data.cache_dir",
-                   "data.num_workers", "data.root", "optim.steps", "optim.epochs")
-        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(ignored))
+        a, b = self._training_items(), other._training_items()
+        return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+    def _training_items(self) -> dict[str, Any]:
+        return {k: v for k, v in _flatten(self.to_dict()).items() if not k.startswith(RESUMABLE)}
+
+    def with_absolute_paths(self) -> Config:
+        """Paths resolved against the working directory, so a run can be resumed from anywhere."""
+
+        def absolute(path: Path | None) -> Path | None:
+            return None if path is None else Path(path).expanduser().resolve()
+
+        data = self.data.model_copy(update={"root": absolute(self.data.root),
+                                            "cache_dir": absolute(self.data.cache_dir),
+                                            "splits_file": absolute(self.data.splits_file)})
+        plan = self.plan.model_copy(update={"path": absolute(self.plan.path)})
+        return self.model_copy(update={"data": data, "plan": plan, "runs_dir": absolute(self.runs_dir)})
+
+
+#: keys a resumed run may change: length, logging, validation, checkpointing, device, where data live
+#: (splits and plan are read back from the run itself)
+RESUMABLE = ("name", "runs_dir", "device", "logging.", "validation.", "checkpoint.", "data.cache_dir",
+             "data.num_workers", "data.root", "data.splits_file", "plan.path", "optim.steps", "optim.epochs")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -458,7 +458,8 @@ def _progress_bar(enabled: bool, total: int, start: int) -> Iterator[_Bar]:
 
 
 def prepare_run_dir(config: Config, run_dir: Path | None, resume: Path | None) -> tuple[Config, Path]:
-    """The run folder and the config to use; a resume keeps the run's training config."""
+    """The run folder and the config to use (paths made absolute); a resume keeps the training config."""
+    config = config.with_absolute_paths()
     if resume is not None:
         resume = Path(resume)
         saved = read_run_config(resume)
