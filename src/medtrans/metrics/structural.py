@@ -20,7 +20,9 @@ large numbers (HU^2), which float32 would get wrong by ~1e-4 in SSIM.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,7 +35,8 @@ from medtrans.metrics._common import ArrayLike, check_data_range, check_mask, ch
 
 WANG_MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _CPU_CHUNK_VOXELS = 1 << 17  # in-plane voxels x slices per slab: keeps the float64 moments in cache
-_CPU_THREADS = 1
+_CPU_THREADS = 1  # torch intra-op threads while streaming
+_CPU_WORKERS = min(2, os.cpu_count() or 1)  # concurrent slab streams (Python threads)
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,9 @@ def _chunk(shape: tuple[int, ...], device: torch.device) -> int:
 
 @contextmanager
 def _threads(device: torch.device) -> Iterator[None]:
-    """One CPU thread while streaming: slabs are cache-sized, too small for a thread fan-out to pay, and on
-    a shared machine OpenMP barriers made two threads 5-20x slower than one (measured here)."""
+    """One intra-op thread while streaming: slabs are cache-sized, too small for an OpenMP fan-out to pay,
+    and on a shared machine its barriers made two threads 5-20x slower than one (measured here). Cores
+    are used instead by independent slab streams (``_CPU_WORKERS``), which never wait for each other."""
     if device.type != "cpu":
         yield
         return
@@ -241,39 +245,58 @@ def map_reduce(
     n_out = p.shape[0] - extra
     sums = torch.zeros(1 if volume else n_out, dtype=torch.float64, device=p.device)
     counts = torch.zeros_like(sums)
-    maps: list[torch.Tensor] = []
     step = _chunk(tuple(p.shape), p.device)
     crop = mi is not None and not full
+    rows_any = cols_any = None
     if crop:  # the mask's in-plane extent per output slice, computed once
         as_bytes = mi.view(torch.uint8)  # amax over bytes is 3-5x faster than any() over bools here
         rows_any, cols_any = as_bytes.amax(dim=2) > 0, as_bytes.amax(dim=1) > 0
-    with _threads(p.device):
-        for start in range(0, n_out, step):
-            stop = min(start + step, n_out)
-            xs, ys = p[start : stop + extra], r[start : stop + extra]
-            block = None if mi is None else mi[start:stop]
-            if crop:
-                rows, cols = _extent(rows_any[start:stop]), _extent(cols_any[start:stop])
-                if rows is None or cols is None:
-                    continue
-                (y0, y1), (x0, x1) = rows, cols
-                block = block[:, y0:y1, x0:x1]
-                xs, ys = (
-                    xs[:, y0 : y1 + 2 * pad, x0 : x1 + 2 * pad],
-                    ys[:, y0 : y1 + 2 * pad, x0 : x1 + 2 * pad],
-                )
-            smap = map_fn(_slab_moments(xs, ys, window, volume))
+
+    def slab(start: int) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """(start, masked map or None when the slab holds no mask voxel, mask block or None)."""
+        stop = min(start + step, n_out)
+        xs, ys = p[start : stop + extra], r[start : stop + extra]
+        block = None if mi is None else mi[start:stop]
+        if crop:
+            rows, cols = _extent(rows_any[start:stop]), _extent(cols_any[start:stop])
+            if rows is None or cols is None:
+                return start, None, None
+            (y0, y1), (x0, x1) = rows, cols
+            block = block[:, y0:y1, x0:x1]
+            xs, ys = xs[:, y0 : y1 + 2 * pad, x0 : x1 + 2 * pad], ys[:, y0 : y1 + 2 * pad, x0 : x1 + 2 * pad]
+        return start, map_fn(_slab_moments(xs, ys, window, volume)), block
+
+    def run(starts: list[int]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Reduce a worker's slabs: its maps (when wanted) and its share of the sums and counts."""
+        maps, total, count = [], torch.zeros_like(sums), torch.zeros_like(counts)
+        for start, smap, block in map(slab, starts):
+            if smap is None:
+                continue
             if full:
                 maps.append(smap.clone())
             if block is not None:
                 smap.mul_(block)
             if volume:
-                sums += smap.sum()
-                counts += smap.numel() if block is None else block.sum()
+                total += smap.sum()
+                count += smap.numel() if block is None else block.sum()
             else:
-                sums[start:stop] = smap.sum(dim=(1, 2))
-                counts[start:stop] = smap[0].numel() if block is None else block.sum(dim=(1, 2))
-    full_map = torch.cat(maps, 0) if full else None
+                c = smap.shape[0]
+                total[start : start + c] = smap.sum(dim=(1, 2))
+                count[start : start + c] = smap[0].numel() if block is None else block.sum(dim=(1, 2))
+        return maps, total, count
+
+    starts = list(range(0, n_out, step))
+    workers = 1 if full or p.device.type != "cpu" else max(1, min(_CPU_WORKERS, len(starts)))
+    with _threads(p.device):
+        if workers == 1:
+            parts = [run(starts)]
+        else:  # torch releases the GIL inside ops: one single-threaded stream per core, no barriers
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(run, [starts[i::workers] for i in range(workers)]))
+    for _, total, count in parts:
+        sums += total
+        counts += count
+    full_map = torch.cat(parts[0][0], 0) if full else None
     return sums, counts, full_map
 
 
