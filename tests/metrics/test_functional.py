@@ -164,3 +164,17 @@ def test_big_endian_and_read_only_arrays_are_accepted():
     assert mae(frozen, big) == pytest.approx(np.abs(pred - ref).mean(), abs=1e-12)
     with pytest.raises(MedtransError, match="dtype"):
         mae(pred.astype(complex), ref)
+
+
+def test_ms_ssim_luminance_options_and_torch_maps():
+    _, ref = _structured((40, 36), 12)
+    shifted = ref + 200.0  # a global offset: contrast and structure are blind to it (except where the
+    # zero-padded first row of each downsampling step turns it into an edge), luminance is not
+    values = {lum: ms_ssim(shifted, ref, data_range=4024.0, luminance=lum) for lum in ("none", "last", "all")}
+    assert values["none"] > 0.99 and values["none"] > values["last"] > values["all"]
+    with pytest.raises(MedtransError, match="luminance"):
+        ms_ssim(shifted, ref, data_range=4024.0, luminance="first")
+    pred, ref3 = _structured((14, 15, 16), 13)
+    value, smap = ssim(torch.from_numpy(pred), torch.from_numpy(ref3), data_range=4024.0, full=True)
+    assert isinstance(value, float) and isinstance(smap, torch.Tensor) and smap.shape == (8, 9, 10)
+    assert value == pytest.approx(float(smap.mean()), abs=1e-12)
