@@ -8,6 +8,7 @@ YAML) before validating, so an override is checked exactly like a line of the fi
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -279,27 +280,36 @@ def validate_config(raw: dict[str, Any], path: str | os.PathLike | None = None) 
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors()]
         raise MedtransError(path, "; ".join(problems), "fix the config file or the --set override") from None
-    _check_names(config, path)
+    _check_components(config, path)
     return config
 
 
-def _check_names(config: Config, path: str | os.PathLike | None) -> None:
-    """Registered names are checked here too, so a typo fails before any data is read."""
+#: constructor arguments the engine fills in itself (not allowed under ``args``)
+_ENGINE_ARGS = ("spatial_dims", "in_channels", "out_channels", "backbone", "discriminator")
+
+
+def _check_components(config: Config, path: str | os.PathLike | None) -> None:
+    """Registered names and their ``args`` are checked here, so a typo fails before any data is read."""
     from medtrans.registry import BACKBONES, DISCRIMINATORS, LAYOUTS, METHODS
 
-    checks = [("backbone.name", config.backbone.name, BACKBONES),
-              ("method.name", config.method.name, METHODS)]
+    checks = [("backbone", config.backbone, BACKBONES), ("method", config.method, METHODS)]
     if config.discriminator is not None:
-        checks.append(("discriminator.name", config.discriminator.name, DISCRIMINATORS))
-    if config.data.layout is not None:
-        checks.append(("data.layout", config.data.layout, LAYOUTS))
-    for key, name, registry in checks:
-        if name not in registry.names():
-            raise MedtransError(
-                path,
-                f"{key}: {name!r} is not a known {registry.kind}",
-                f"allowed values: {', '.join(registry.names())}",
-            )
+        checks.append(("discriminator", config.discriminator, DISCRIMINATORS))
+    if config.data.layout is not None and config.data.layout not in LAYOUTS.names():
+        raise MedtransError(path, f"data.layout: {config.data.layout!r} is not a known layout",
+                            f"allowed values: {', '.join(LAYOUTS.names())}")
+    for key, component, registry in checks:
+        if component.name not in registry.names():
+            raise MedtransError(path, f"{key}.name: {component.name!r} is not a known {registry.kind}",
+                                f"allowed values: {', '.join(registry.names())}")
+        params = inspect.signature(registry.get(component.name)).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        allowed = [n for n in params if n not in _ENGINE_ARGS]
+        for arg in component.args:
+            if arg not in allowed:
+                raise MedtransError(path, f"{key}.args.{arg}: not an argument of {registry.kind} "
+                                    f"{component.name!r}", f"allowed: {', '.join(allowed) or 'none'}")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -68,6 +68,13 @@ def test_unknown_method_lists_registered(tmp_path: Path) -> None:
     assert "regression" in message.split("allowed values:")[1]
 
 
+def test_unknown_component_argument_lists_the_signature(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, BASE), ["backbone.args.widht=8"])
+    assert "backbone.args.widht: not an argument of backbone 'unet'" in message
+    assert "depth, width" in message and "in_channels" not in message  # the engine fills channels in
+    assert "method.args.lambda_l2" in error_of(write(tmp_path, BASE), ["method.args.lambda_l2=1"])
+
+
 def test_steps_and_epochs_exclusive(tmp_path: Path) -> None:
     assert "optim: set exactly one of steps or epochs" in error_of(write(tmp_path, BASE), ["optim.epochs=2"])
 
