@@ -106,6 +106,15 @@ def test_without_validation_subjects_last_is_used(phantom_root: Path, make_confi
     assert all(torch.equal(v, weights[k]) for k, v in method.state_dict().items())
 
 
+def test_epochs_set_the_length(phantom_root: Path, make_config: Callable[..., Config],
+                               tmp_path: Path) -> None:
+    config = make_config(phantom_root, **{"optim.steps": None, "optim.epochs": 2, "data.samples_per_epoch": 8,
+                                          "validation.every": None, "logging.samples": False})
+    run_dir = train(config, run_dir=tmp_path / "epochs")
+    rows = [r for r in read_metrics(run_dir / "logs" / "metrics.csv") if r["name"] == "g/l1"]
+    assert [(r["step"], r["epoch"]) for r in rows] == [(1, 0), (2, 0), (3, 1), (4, 1)]  # 8 samples / batch 4
+
+
 def test_refuses_to_overwrite_a_run(tiny_run: Path, make_config: Callable[..., Config],
                                     phantom_root: Path) -> None:
     with pytest.raises(MedtransError, match="already holds a trained run"):
