@@ -161,18 +161,12 @@ class CycleGAN(Method):
                 fake_a, fake_b = self.g_ba(real_b), self.g_ab(real_a)
         self._fakes = None
         fake_a, fake_b = self.pool_a.query(fake_a), self.pool_b.query(fake_b)
-        return {
-            "a": 0.5
-            * (
-                gan_loss(self.d_a(real_a), True, self.gan_loss)
-                + gan_loss(self.d_a(fake_a), False, self.gan_loss)
-            ),
-            "b": 0.5
-            * (
-                gan_loss(self.d_b(real_b), True, self.gan_loss)
-                + gan_loss(self.d_b(fake_b), False, self.gan_loss)
-            ),
-        }
+        return {"a": self._judge(self.d_a, real_a, fake_a), "b": self._judge(self.d_b, real_b, fake_b)}
+
+    def _judge(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+        """Discriminator loss on real → 1 and fake → 0, halved as in the original."""
+        real_term = gan_loss(discriminator(real), True, self.gan_loss)
+        return 0.5 * (real_term + gan_loss(discriminator(fake), False, self.gan_loss))
 
     def translate(
         self, source: Tensor, steps: int | None = None, samples: int = 1
