@@ -115,6 +115,19 @@ def test_epochs_set_the_length(phantom_root: Path, make_config: Callable[..., Co
     assert [(r["step"], r["epoch"]) for r in rows] == [(1, 0), (2, 0), (3, 1), (4, 1)]  # 8 samples / batch 4
 
 
+def test_reuses_another_runs_plan_and_splits(tiny_run: Path, phantom_root: Path,
+                                             make_config: Callable[..., Config], tmp_path: Path) -> None:
+    config = make_config(phantom_root, **{"plan.path": str(tiny_run / "plan.json"), "optim.steps": 1,
+                                          "data.splits_file": str(tiny_run / "splits.json"),
+                                          "data.splits": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    run_dir = train(config, run_dir=tmp_path / "reuse")
+    splits = json.loads((run_dir / "splits.json").read_text())
+    original = json.loads((tiny_run / "splits.json").read_text())
+    for name in ("train", "val", "test"):
+        assert splits[name] == original[name]
+    assert Plan.load(run_dir / "plan.json").to_dict() == Plan.load(tiny_run / "plan.json").to_dict()
+
+
 def test_refuses_to_overwrite_a_run(tiny_run: Path, make_config: Callable[..., Config],
                                     phantom_root: Path) -> None:
     with pytest.raises(MedtransError, match="already holds a trained run"):
