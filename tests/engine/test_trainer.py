@@ -93,6 +93,9 @@ def test_cli_config_error_is_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "optim.lrr: unknown key" in lines[0] and str(RECIPE) in lines[0]
     assert not (tmp_path / "x").exists()
+    done = cli("train", str(RECIPE), "--set", "data.root=nowhere", "--run-dir", str(tmp_path / "y"))
+    assert done.returncode == 2 and "data.root is not a folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "y").exists()
 
 
 def test_without_validation_subjects_last_is_used(phantom_root: Path, make_config: Callable[..., Config],

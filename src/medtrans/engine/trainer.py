@@ -460,6 +460,9 @@ def _progress_bar(enabled: bool, total: int, start: int) -> Iterator[_Bar]:
 def prepare_run_dir(config: Config, run_dir: Path | None, resume: Path | None) -> tuple[Config, Path]:
     """The run folder and the config to use (paths made absolute); a resume keeps the training config."""
     config = config.with_absolute_paths()
+    if not config.data.root.is_dir():
+        raise MedtransError(config.data.root, "data.root is not a folder",
+                            "set data.root (or --set data.root=DIR) to the dataset folder")
     if resume is not None:
         resume = Path(resume)
         saved = read_run_config(resume)
