@@ -302,7 +302,11 @@ def _check_components(config: Config, path: str | os.PathLike | None) -> None:
         if component.name not in registry.names():
             raise MedtransError(path, f"{key}.name: {component.name!r} is not a known {registry.kind}",
                                 f"allowed values: {', '.join(registry.names())}")
-        params = inspect.signature(registry.get(component.name)).parameters
+        cls = registry.get(component.name)
+        if key == "method" and getattr(cls, "paired", False) and not config.data.paired:
+            raise MedtransError(path, f"data.paired: false, but method {component.name!r} learns from pairs",
+                                "set data.paired: true, or use an unpaired method such as cyclegan")
+        params = inspect.signature(cls).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
         allowed = [n for n in params if n not in _ENGINE_ARGS]

@@ -75,6 +75,11 @@ def test_unknown_component_argument_lists_the_signature(tmp_path: Path) -> None:
     assert "method.args.lambda_l2" in error_of(write(tmp_path, BASE), ["method.args.lambda_l2=1"])
 
 
+def test_paired_method_refuses_unpaired_data(tmp_path: Path) -> None:
+    assert "data.paired: false, but method 'regression' learns from pairs" in error_of(
+        write(tmp_path, BASE), ["data.paired=false"])
+
+
 def test_steps_and_epochs_exclusive(tmp_path: Path) -> None:
     assert "optim: set exactly one of steps or epochs" in error_of(write(tmp_path, BASE), ["optim.epochs=2"])
 
