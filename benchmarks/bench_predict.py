@@ -71,8 +71,8 @@ def main() -> None:
             predictor.predict_paths([subject / "t1.nii.gz"], out_dir, fmt="nii")
             (out_dir / "t1.nii.gz").unlink()
 
-        runs = {"network": network, "predict_subject": lambda: predictor.predict_subject({"t1": volume}),
-                "predict_paths": paths}
+        runs = {"predict_paths": paths, "predict_subject": lambda: predictor.predict_subject({"t1": volume}),
+                "network": network}
         times: dict[str, list[float]] = {label: [] for label in runs}
         with torch.inference_mode():  # warm-up: oneDNN picks its kernels for this shape
             predictor._net(slices[:args.batch_size])
@@ -82,11 +82,12 @@ def main() -> None:
                 fn()
                 times[label].append(time.perf_counter() - start)
         median = {label: statistics.median(t) for label, t in times.items()}
+        print("each run (s):", {k: [round(x, 2) for x in v] for k, v in times.items()})
 
     print(f"volume {tuple(args.size)}, {n} slices of {tuple(slices.shape[2:])}, batch {args.batch_size}, "
           f"{args.threads} threads, amp={predictor.amp}, channels_last={predictor.memory_format is not None}")
     print(f"{'':18}{'seconds':>9}{'slices/s':>10}{'× network':>11}")
-    for label, t in median.items():
+    for label, t in reversed(median.items()):
         print(f"{label:18}{t:9.2f}{n / t:10.1f}{t / median['network']:11.2f}")
 
 
