@@ -194,3 +194,18 @@ def test_cli_error_is_one_line_and_exit_code_2(tiny_run: Path, tmp_path: Path) -
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "notes.txt" in lines[0] and "not an image file" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_inputs_named_like_users_name_them(predictor: Predictor, phantom_root: Path, tmp_path: Path) -> None:
+    # <subject>/t1.nii.gz is named after the subject folder; a dataset root stands for its subjects
+    written = predictor.predict_paths([phantom_root / "sub-004" / "t1.nii.gz"], tmp_path / "a")
+    assert written == [tmp_path / "a" / "sub-004.nii.gz"]
+    every = predictor.predict_paths([phantom_root], tmp_path / "b")
+    assert [p.name for p in every] == [f"sub-00{i}.nii.gz" for i in range(6)]
+    # other spellings of the modality in a subject folder (T1w as in BIDS)
+    subject = tmp_path / "sub-bids"
+    subject.mkdir()
+    (subject / "T1w.nii.gz").write_bytes((phantom_root / "sub-004" / "t1.nii.gz").read_bytes())
+    assert predictor.predict_paths([subject], tmp_path / "c") == [tmp_path / "c" / "sub-bids.nii.gz"]
+    with pytest.raises(MedtransError, match="file name says t2 but the model translates t1"):
+        predictor.predict_paths([phantom_root / "sub-004" / "t2.nii.gz"], tmp_path / "d")

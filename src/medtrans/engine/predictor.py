@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from medtrans.data.modalities import canonical, is_known
 from medtrans.errors import MedtransError
 
 Net = Callable[[Tensor], Tensor]
@@ -163,6 +164,11 @@ def resolve_inputs(path: Path, modalities: Sequence[str]) -> tuple[str, dict[str
         if single is None:
             raise MedtransError(path, f"the model needs {', '.join(modalities)} but got one file",
                                 f"give a subject folder with {', '.join(m + '.nii.gz' for m in modalities)}")
+        if is_known(stem):  # <subject>/<modality>.nii.gz: the folder names the subject
+            if canonical(stem) != canonical(single):
+                raise MedtransError(path, f"the file name says {canonical(stem)} but the model translates "
+                                    f"{single}", f"give the {single} image")
+            stem = path.parent.name
         return stem, {single: path}, path.suffix.lower() == ".dcm" or _is_dicom(path)
     found = {m: p for m in modalities if (p := _find_modality(path, m)) is not None}
     if len(found) == len(modalities):
@@ -188,13 +194,31 @@ def _strip_suffix(name: str) -> str | None:
 
 
 def _find_modality(folder: Path, modality: str) -> Path | None:
+    """``<modality>.<ext>`` or a ``<modality>/`` DICOM folder, any spelling of the name (T1w, t1n …)."""
     for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and entry.name.lower() == modality.lower():
+        if entry.is_dir() and canonical(entry.name) == canonical(modality):
             return entry
         stem = _strip_suffix(entry.name)
-        if entry.is_file() and stem is not None and stem.lower() == modality.lower():
+        if entry.is_file() and stem is not None and canonical(stem) == canonical(modality):
             return entry
     return None
+
+
+def collect_inputs(paths: Iterable[str | os.PathLike], modalities: Sequence[str]
+                   ) -> list[tuple[str, dict[str, Path], bool]]:
+    """:func:`resolve_inputs` for every path; a dataset root (a folder of subject folders) stands for
+    all its subjects that hold every needed modality."""
+    found = []
+    for path in map(Path, paths):
+        try:
+            found.append(resolve_inputs(path, modalities))
+        except MedtransError:
+            folders = sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
+            subjects = [d for d in folders if all(_find_modality(d, m) is not None for m in modalities)]
+            if not subjects:
+                raise
+            found.extend(resolve_inputs(d, modalities) for d in subjects)
+    return found
 
 
 def _is_dicom(path: Path) -> bool:
@@ -327,7 +351,7 @@ class Predictor:
         if fmt not in (None, "nii", "dcm"):
             raise MedtransError(None, f"unknown output format {fmt!r}", "use nii or dcm")
         out_dir = Path(out_dir)
-        resolved = [resolve_inputs(Path(p), self.sources) for p in inputs]
+        resolved = collect_inputs(inputs, self.sources)
         ids = [subject for subject, _, _ in resolved]
         if len(set(ids)) != len(ids):
             dup = sorted({s for s in ids if ids.count(s) > 1})
