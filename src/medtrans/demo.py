@@ -11,6 +11,7 @@ about contrast.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ BRAIN_LABELS = (6, 7, 8, 9)
 #: reaches the regression's validation PSNR in 250 (measured, docs/PREDICT.md)
 RECIPES = {"regression": ("phantom_t1_t2_regression.yaml", []),
            "pix2pix": ("phantom_t1_t2_pix2pix.yaml", ["optim.lr=1e-3"])}
+MARKER = ".medtrans-demo"
 BASELINE = "baseline min-max"
 FIT = "baseline linear fit"
 
@@ -107,7 +109,7 @@ def _timed(seconds: dict[str, float], key: str, start: float) -> float:
 
 def run_demo(out: str | Path = "medtrans-demo", quick: bool = False,
              say: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
-    """Run the whole demo into ``out`` (created; an existing demo folder there is refused)."""
+    """Run the whole demo into ``out``: a new or empty folder, or one a previous demo wrote (replaced)."""
     from medtrans.config import load_config
     from medtrans.data.phantom import PhantomSpec, write_phantom
     from medtrans.engine.evaluator import evaluate
@@ -118,8 +120,13 @@ def run_demo(out: str | Path = "medtrans-demo", quick: bool = False,
 
     size = QUICK if quick else FULL
     out = Path(out)
-    if (out / "runs").exists():
-        raise MedtransError(out, "already holds a demo", "give another --out or delete the folder")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise MedtransError(out, "is not empty and was not written by medtrans demo",
+                                "give a new or empty --out folder")
+        shutil.rmtree(out)  # our own previous demo: `make demo` twice just runs it again
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by medtrans demo; the next demo into this folder replaces it\n")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     data = out / "data"

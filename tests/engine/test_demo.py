@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
@@ -58,3 +59,22 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     for model in ("regression", "pix2pix", *BASELINES):
         assert re.search(rf"{re.escape(model)}\s*│\s*[\d.]+\s*│\s*[\d.]+", table), table
     assert f"report {out / 'report.html'}" in re.sub(r" +", " ", table)
+
+
+def test_demo_replaces_its_own_folder_but_no_other(tmp_path: Path) -> None:
+    from medtrans.demo import run_demo
+    from medtrans.errors import MedtransError
+
+    out = tmp_path / "demo"
+    first = run_demo(out, quick=True, say=lambda _: None, progress=False)
+    stale = out / "runs" / "stale.txt"
+    stale.write_text("from the first run")
+    second = run_demo(out, quick=True, say=lambda _: None, progress=False)
+    assert not stale.exists() and second.report.is_file()
+    assert second.scores.keys() == first.scores.keys()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(MedtransError, match="was not written by medtrans demo"):
+        run_demo(other, quick=True, say=lambda _: None, progress=False)
+    assert (other / "notes.txt").read_text() == "keep me"

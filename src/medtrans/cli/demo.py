@@ -14,7 +14,7 @@ from medtrans.cli import app
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("medtrans-demo"), "--out", help="Folder for data, runs, predictions, "
-                             "evaluation and report.html (must not hold a demo already)."),
+                             "evaluation and report.html: new, empty, or a previous demo (replaced)."),
     quick: bool = typer.Option(False, "--quick", help="A much smaller variant (about a minute) for tests."),
 ) -> None:
     """Simulate brains, train regression and pix2pix for T1→T2, translate, evaluate, write an HTML report.
