@@ -257,11 +257,12 @@ class Predictor:
     def from_run(cls, run_dir: str | os.PathLike, which: str = "best", device: str = "auto",
                  batch_size: int | None = None, tta: bool = False) -> Predictor:
         """Load ``checkpoints/<which>`` of a run; batch size defaults to the training batch."""
-        from medtrans.engine.run import load_trained
+        from medtrans.engine.run import checkpoint_dir, load_trained
 
         run_dir = Path(run_dir)
         method, config, plan = load_trained(run_dir, which=which)
-        return cls.from_parts(method, config, plan, name=f"{run_dir.name}:{which}", device=device,
+        used = checkpoint_dir(run_dir, which).name  # "best" falls back to "last" when never validated
+        return cls.from_parts(method, config, plan, name=f"{run_dir.name}:{used}", device=device,
                               batch_size=batch_size, tta=tta)
 
     @classmethod
