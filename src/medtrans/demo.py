@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medtrans.data.phantom import LABELS
 from medtrans.errors import MedtransError
 
-#: label indices of the phantom's brain tissues (csf, gm, wm, lesion) in labels.nii.gz
-BRAIN_LABELS = (6, 7, 8, 9)
+#: label indices of the phantom's brain tissues in labels.nii.gz
+BRAIN_LABELS = tuple(LABELS.index(name) for name in ("csf", "gm", "wm", "lesion"))
 #: recipe and demo-specific overrides per model; pix2pix's GAN lr (2e-4) needs thousands of steps, 1e-3
 #: reaches the regression's validation PSNR in 250 (measured, docs/PREDICT.md)
 RECIPES = {"regression": ("phantom_t1_t2_regression.yaml", []),
