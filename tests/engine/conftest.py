@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from medtrans.config import Config, validate_config
 from medtrans.data.phantom import PhantomSpec, write_phantom
-
-# two cores shared by many test processes: one thread each is much faster than contention
-torch.set_num_threads(1)
 
 PHANTOM_SIZE = (32, 32, 8)
 PHANTOM_SUBJECTS = 6  # 2 train, 2 val, 2 test with the splits below

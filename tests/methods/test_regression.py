@@ -25,7 +25,7 @@ def test_learns_an_affine_intensity_map(train, loss, backbone):
     source = torch.rand(4, 1, 32, 32) * 2 - 1
     batch = {"source": source, "target": 0.5 - 0.8 * source}
     method = make(loss=loss, backbone=backbone)
-    history = train(method, [batch] * 40, lr=3e-3)
+    history = train(method, [batch] * 80, lr=3e-3)
     first, last = history[0][f"g/{loss}"], history[-1][f"g/{loss}"]
     assert last < first / 5, (first, last)
 
