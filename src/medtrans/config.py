@@ -11,13 +11,13 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medtrans.atomic import write_text
 from medtrans.errors import MedtransError
 
 
@@ -336,10 +336,4 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 def dump_config(config: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config (every default filled in) as YAML, atomically."""
-    path = Path(path)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -28,6 +28,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from medtrans.atomic import write_json
+
 ANATOMIES = ("brain", "pelvis", "mni")
 MODALITIES = ("t1", "t2", "pd", "flair", "t1ce", "ct", "cbct", "pet", "ldct", "ldpet")
 LABELS = ("background", "air", "fat", "muscle", "bone", "marrow", "csf", "gm", "wm", "lesion", "urine")
@@ -623,9 +625,6 @@ def write_phantom(out: Path, spec: PhantomSpec, subjects: int, dims: int = 3, wo
 
     ``workers`` > 1 simulates subjects in parallel processes; files are identical either way.
     """
-    import json
-    import os
-    import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
     out = Path(out)
@@ -645,9 +644,5 @@ def write_phantom(out: Path, spec: PhantomSpec, subjects: int, dims: int = 3, wo
             params[sid] = p
             if progress:
                 progress(sid)
-    text = json.dumps(dataset_description(spec, dims, params), indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=".dataset.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
-    os.replace(tmp, out / "dataset.json")
+    write_json(out / "dataset.json", dataset_description(spec, dims, params))
     return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medtrans.atomic import write_json
 from medtrans.data.inspect import header_geometry
 from medtrans.data.layouts import Dataset
 from medtrans.data.modalities import canonical, family, units
@@ -132,14 +132,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the plan as indented JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: Any, path: str | os.PathLike | None = None) -> Plan:

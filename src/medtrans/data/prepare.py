@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medtrans.atomic import atomic_path, write_json
 from medtrans.data.layouts import Dataset, SubjectRecord
 from medtrans.data.plan import Plan
 from medtrans.errors import MedtransError
@@ -27,17 +27,8 @@ MAX_FOREGROUND_POINTS = 20000
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def _signature(record: SubjectRecord, modalities: list[str]) -> dict[str, list]:
@@ -88,7 +79,7 @@ class PreparedCache:
             sig = _signature(record, plan.modalities)
             if manifest["subjects"].get(sid, {}).get("files") != sig:
                 self._build(record, sig)
-                _atomic_json(manifest_path, manifest)
+                write_json(manifest_path, manifest)
                 if progress:
                     progress(sid)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from medtrans.atomic import write_json
 from medtrans.errors import MedtransError
 
 SPLITS = ("train", "val", "test")
@@ -94,13 +94,7 @@ def save_splits(
         data["seed"] = int(seed)
     if fractions is not None:
         data["fractions"] = [float(f) for f in fractions]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(path, data)
 
 
 def load_splits(path: str | os.PathLike, ids: Sequence[str] | None = None) -> dict[str, list[str]]:

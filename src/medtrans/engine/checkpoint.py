@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from medtrans.atomic import atomic_dir
 from medtrans.errors import MedtransError
 
 MODEL_FILE = "model.safetensors"
@@ -106,24 +105,11 @@ def set_rng_state(state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
 def save_checkpoint(folder: str | os.PathLike, model: dict[str, Tensor], tensors: dict[str, Tensor],
                     state: dict[str, Any], metadata: dict[str, str] | None = None) -> Path:
     """Write a checkpoint folder atomically: a temporary sibling, then renamed over the old one."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+    with atomic_dir(folder) as tmp:
         save_file(plain_weights(model), tmp / MODEL_FILE, metadata=metadata)
         save_file(plain_weights(tensors), tmp / STATE_TENSORS)
         (tmp / STATE_JSON).write_text(json.dumps(state, indent=1, allow_nan=True))
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def _require(folder: Path, name: str) -> Path:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medtrans import __version__
+from medtrans.atomic import write_text
 from medtrans.errors import MedtransError
 from medtrans.metrics.distribution import FeatureExtractor, kid
 from medtrans.metrics.distribution import fid as fid_score
@@ -85,8 +85,8 @@ class EvaluationResult:
             raise MedtransError(out, "is a file, not a folder", "give a folder for the evaluation outputs")
         out.mkdir(parents=True, exist_ok=True)
         csv_path, json_path = out / "per_subject.csv", out / "summary.json"
-        _atomic_write(csv_path, self.csv_text())
-        _atomic_write(json_path, json.dumps(_jsonable(self.summary), indent=2, allow_nan=False) + "\n")
+        write_text(csv_path, self.csv_text())
+        write_text(json_path, json.dumps(_jsonable(self.summary), indent=2, allow_nan=False) + "\n")
         return csv_path, json_path
 
 
@@ -103,17 +103,6 @@ def _jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     return obj
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _image_stem(path: Path) -> str | None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medtrans.atomic import atomic_path
 
 CSV_HEADER = ["step", "epoch", "name", "value"]
 
@@ -63,10 +64,8 @@ def truncate_csv(path: Path, last_step: int) -> None:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.")
-    with os.fdopen(fd, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -112,10 +111,9 @@ def save_figure(figure: Any, path: Path) -> Path:
     """PNG written atomically, then the figure closed."""
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    figure.savefig(tmp, dpi=80)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, dpi=80, format="png")
+    finally:
+        plt.close(figure)
     return path

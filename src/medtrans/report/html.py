@@ -10,7 +10,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medtrans.atomic import write_text
 from medtrans.io import Volume
 from medtrans.report.figures import encode_slices, pick_slices, to_display, window
 
@@ -205,15 +205,5 @@ def render_report(models: Sequence[ModelResult], subjects: Sequence[SubjectView]
 def write_report(path: str | os.PathLike, models: Sequence[ModelResult], subjects: Sequence[SubjectView],
                  title: str = "medtrans report", notes: Sequence[str] = (), max_slices: int = 24) -> Path:
     """Write the report atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(models, subjects, title=title, notes=notes, max_slices=max_slices)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)
