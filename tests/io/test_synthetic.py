@@ -38,3 +38,11 @@ def test_a_plain_string_mark_still_begins_synthetic_in_dicom(tmp_path, make_volu
     ds = pydicom.dcmread(next(out.iterdir()))
     assert ds.SeriesDescription == "SYNTHETIC model cyclegan-1 from T1 series 5"
     assert ds.ImageComments.startswith("SYNTHETIC") and len(ds.SeriesDescription) <= 64
+
+
+def test_a_prediction_named_after_its_subject_reads_back_as_its_target(tmp_path, make_volume) -> None:
+    info = SyntheticInfo(model="run:best", source="sub-07/t1.nii.gz", method="regression", target="ct")
+    back = load(save(make_volume(), tmp_path / "sub-07.nii.gz", synthetic=info))
+    assert (back.modality, back.meta["units"]) == ("ct", "HU")
+    assert back.meta["synthetic"].startswith("SYNTHETIC by medtrans target=ct model=run:best")
+    assert load(tmp_path / "sub-07.nii.gz", modality="t2").modality == "t2"

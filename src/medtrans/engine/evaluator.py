@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from medtrans import __version__
 from medtrans.atomic import write_text
 from medtrans.errors import MedtransError
+from medtrans.io.api import marked_target
 from medtrans.metrics.distribution import FeatureExtractor, kid
 from medtrans.metrics.distribution import fid as fid_score
 from medtrans.metrics.presets import evaluate_pair, get_preset
@@ -206,8 +206,7 @@ def _mask_folder(folder: Path, ids: list[str]) -> dict[str, Path]:
 
 def _target_modality(volume) -> str | None:
     """What a prediction synthesises: a ``target=<modality>`` in its SYNTHETIC marking, else its modality."""
-    found = re.search(r"\btarget=(\w+)", volume.meta.get("synthetic") or "")
-    return found.group(1).lower() if found else volume.modality
+    return marked_target(volume) or volume.modality
 
 
 def match_subjects(

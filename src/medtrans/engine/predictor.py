@@ -367,7 +367,8 @@ class Predictor:
             synthetic = self.predict_subject(volumes, progress=tick)
             as_dicom = fmt == "dcm" or (fmt is None and is_dicom)
             target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
-            info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]), method=self.method_name)
+            info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]), method=self.method_name,
+                                 target=self.plan.target)
             written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
         return written
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from medtrans.io._common import (
     refuse_overwrite,
     split_extension,
     staged,
+    units_for,
 )
 from medtrans.io.volume import SyntheticInfo, Volume
 
@@ -60,7 +62,16 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
             raise _unknown_extension(path, writing=False)
         volume = reader(path, modality)
     check_finite(volume.array, path)
+    target = marked_target(volume)
+    if volume.modality is None and target:
+        volume.meta.update(modality=target, units=units_for(target))
     return volume
+
+
+def marked_target(volume: Volume) -> str | None:
+    """The modality a medtrans prediction synthesises, from its SYNTHETIC marking (``target=ct``)."""
+    found = re.search(r"\btarget=(\w+)", volume.meta.get("synthetic") or "")
+    return found.group(1).lower() if found else None
 
 
 def _synthetic_text(volume: Volume, synthetic: SyntheticInfo | str | None) -> str | None:

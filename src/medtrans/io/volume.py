@@ -62,13 +62,16 @@ class SyntheticInfo:
     model: str
     source: str
     method: str = ""
+    target: str = ""
     created: str = field(
         default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     )
 
     def description(self, limit: int | None = None) -> str:
         """One line beginning 'SYNTHETIC' naming model and source (cut to ``limit`` chars)."""
-        text = f"SYNTHETIC by medtrans model={self.model}"
+        # the target modality comes first so it survives NIfTI's 80-character descrip
+        text = "SYNTHETIC by medtrans" + (f" target={self.target}" if self.target else "")
+        text += f" model={self.model}"
         if self.method:
             text += f" method={self.method}"
         text += f" from={self.source} at={self.created}"
