@@ -49,6 +49,18 @@ def test_ssim_equals_scikit_image(shape, kind, kwargs):
     assert abs(ssim(pred, ref, data_range=dr, mask=mask, **kwargs) - expected_masked) <= 1e-6
 
 
+def test_a_slice_stored_as_a_volume_is_scored_as_2d():
+    rng = np.random.default_rng(4)
+    ref = rng.random((40, 36))
+    pred = ref + 0.1 * rng.random((40, 36))
+    mask = np.zeros((40, 36), bool)
+    mask[5:30, 8:33] = True
+    expected = structural_similarity(pred, ref, data_range=1.0)
+    assert abs(ssim(pred[..., None], ref[..., None], data_range=1.0) - expected) < 1e-12
+    masked_2d = ssim(pred, ref, data_range=1.0, mask=mask)
+    assert ssim(pred[:, None], ref[:, None], data_range=1.0, mask=mask[:, None]) == pytest.approx(masked_2d)
+
+
 def test_ssim_batch_matches_per_slice_loop_and_torch_input():
     pred, ref = _structured((6, 32, 30), 4)
     values = ssim(pred, ref, data_range=4024.0, batch=True, **WANG)

@@ -33,14 +33,7 @@ class Preset:
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], dict[str, float]] = field(repr=False)
 
 
-def _squeeze(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None):
-    """Drop singleton axes (a 2D image stored as X x Y x 1) so SSIM runs in the image's true dimension."""
-    keep = [s for s in p.shape if s != 1] or [1]
-    return p.reshape(keep), r.reshape(keep), None if m is None else m.reshape(keep)
-
-
 def _default(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
-    p, r, m = _squeeze(p, r, m)
     dr = float(r.max() - r.min())
     return {
         "mae": fm.mae(p, r, mask=m),

@@ -310,6 +310,11 @@ def _prepare(pred, ref, mask, data_range, batch: bool):
         )
     m = check_mask(mask, tuple(p.shape), p.device)
     dr = check_data_range(reference_range(r) if data_range is None else data_range)
+    if not batch and p.dim() == 3 and p.shape.count(1) == 1:
+        # a 2D image stored as a volume (X x Y x 1, as NIfTI and medtrans.io keep slices) is 2D
+        flat = [s for s in p.shape if s != 1]
+        p, r = p.reshape(flat), r.reshape(flat)
+        m = None if m is None else m.reshape(flat)
     return p, r, m, dr
 
 
