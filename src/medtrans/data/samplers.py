@@ -229,28 +229,6 @@ class Sampler(TorchDataset):
         return result
 
 
-def make_sampler(
-    cache: PreparedCache,
-    subject_ids: Sequence[str],
-    mode: str = "2d",
-    paired: bool = True,
-    context: int = 1,
-    patch_size: Sequence[int] | None = None,
-    seed: int = 0,
-    samples_per_epoch: int | None = None,
-    axis: int | None = None,
-    foreground_fraction: float = 0.67,
-) -> Sampler:
-    """The training dataset for ``mode`` (2d, 2.5d, 3d); see the module docstring for what it yields."""
-    return Sampler(
-        cache,
-        subject_ids,
-        mode=mode,
-        paired=paired,
-        context=context,
-        patch_size=patch_size,
-        seed=seed,
-        samples_per_epoch=samples_per_epoch,
-        axis=axis,
-        foreground_fraction=foreground_fraction,
-    )
+def make_sampler(cache: PreparedCache, subject_ids: Sequence[str], **options: Any) -> Sampler:
+    """The training dataset (2d, 2.5d, 3d; see the module docstring); ``options`` as for ``Sampler``."""
+    return Sampler(cache, subject_ids, **options)
