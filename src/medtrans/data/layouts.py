@@ -12,6 +12,7 @@ import json
 import os
 import re
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -104,17 +105,19 @@ def _dirs(folder: Path) -> list[Path]:
         return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-class Layout:
+class Layout(ABC):
     """How one dataset convention is recognised and read."""
 
     name = ""
     expects = ""
 
+    @abstractmethod
     def detect(self, root: Path) -> bool:
-        raise NotImplementedError
+        """Whether ``root`` looks like this layout (cheap: names only, no image is read)."""
 
+    @abstractmethod
     def scan(self, root: Path) -> tuple[list[SubjectRecord], list[str]]:
-        raise NotImplementedError
+        """The subjects found under ``root`` and every problem noticed on the way."""
 
 
 def _assign(record: SubjectRecord, stem: str, path: Path, problems: list[str]) -> None:
