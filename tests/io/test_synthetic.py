@@ -46,3 +46,15 @@ def test_a_prediction_named_after_its_subject_reads_back_as_its_target(tmp_path,
     assert (back.modality, back.meta["units"]) == ("ct", "HU")
     assert back.meta["synthetic"].startswith("SYNTHETIC by medtrans target=ct model=run:best")
     assert load(tmp_path / "sub-07.nii.gz", modality="t2").modality == "t2"
+
+
+def test_a_synthetic_dicom_series_reads_back_as_its_target_not_its_source(tmp_path, make_volume) -> None:
+    source = save(make_volume(), tmp_path / "t1_series")
+    reference = load(source, modality="t1")
+    predicted = reference.with_array(reference.array * 2.0, modality="t2")
+    info = SyntheticInfo(model="run:best", source=str(source), method="regression", target="t2")
+    out = save(predicted, tmp_path / "sub-01", reference=reference, synthetic=info)
+    ds = pydicom.dcmread(next(out.iterdir()))
+    assert ds.SeriesDescription.startswith("SYNTHETIC t2 run:best from")
+    assert ds.Modality == "MR"
+    assert load(out).modality == "t2"

@@ -63,7 +63,7 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
         volume = reader(path, modality)
     check_finite(volume.array, path)
     target = marked_target(volume)
-    if volume.modality is None and target:
+    if modality is None and target:  # what a prediction synthesises beats names guessed from files/tags
         volume.meta.update(modality=target, units=units_for(target))
     return volume
 

@@ -221,8 +221,11 @@ def _stack(frames: list[_Slice], source: Path) -> tuple[np.ndarray, np.ndarray]:
 def _volume(frames: list[_Slice], files: list[Path], header: Dataset, source: Path,
             modality: str | None) -> Volume:
     tag = str(header.get("Modality", "")).upper()
-    if modality is None and tag == "MR":  # "AX T2 FLAIR" -> flair; plain "mr" when it names no contrast
-        named = modality_from_text(str(header.get("SeriesDescription", "")))
+    description = str(header.get("SeriesDescription", ""))
+    # "AX T2 FLAIR" -> flair; plain "mr" when it names no contrast. A SYNTHETIC series names its source
+    # there too, so its modality comes from the target= of its marking instead (io.api.load).
+    if modality is None and tag == "MR" and not description.startswith("SYNTHETIC"):
+        named = modality_from_text(description)
         modality = named if named in _MR_CONTRASTS else None
     meta = base_meta(source, "dicom", modality or _MODALITY_NAMES.get(tag) or None)
     array, affine = _stack(frames, source)
@@ -230,7 +233,6 @@ def _volume(frames: list[_Slice], files: list[Path], header: Dataset, source: Pa
     meta["series_uid"] = str(header.get("SeriesInstanceUID", ""))
     meta["series_description"] = str(header.get("SeriesDescription", ""))
     meta["dicom_modality"] = tag
-    description = str(header.get("SeriesDescription", ""))
     if description.startswith("SYNTHETIC"):
         meta["synthetic"] = str(header.get("ImageComments", "") or description)
     return Volume(array, affine, meta)
@@ -353,7 +355,8 @@ def _synthetic_marks(synthetic: SyntheticInfo | str, ref: Dataset | None) -> tup
         source_series = f"{ref.get('SeriesDescription', '')} ({ref.get('SeriesInstanceUID', '')})".strip()
     if isinstance(synthetic, SyntheticInfo):
         named = ref.get("SeriesDescription", "") if ref is not None else synthetic.source
-        short = f"SYNTHETIC {synthetic.model} from {named or synthetic.source}"
+        what = f"{synthetic.target} " if synthetic.target else ""
+        short = f"SYNTHETIC {what}{synthetic.model} from {named or synthetic.source}"
         comments = synthetic.description()
     else:
         short, comments = synthetic, synthetic
