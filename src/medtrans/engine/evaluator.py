@@ -25,8 +25,7 @@ from medtrans import __version__
 from medtrans.atomic import write_text
 from medtrans.errors import MedtransError
 from medtrans.io.api import marked_target
-from medtrans.metrics.distribution import FeatureExtractor, kid
-from medtrans.metrics.distribution import fid as fid_score
+from medtrans.metrics.distribution import FeatureExtractor, feature_distances
 from medtrans.metrics.presets import evaluate_pair, get_preset
 from medtrans.metrics.segmentation import segmentation_consistency
 from medtrans.metrics.stats import paired_wilcoxon, summarise
@@ -421,21 +420,11 @@ def evaluate(
             "extractor": str(net.path),
             "intensity_range": list(window),
             "slices": "axial (last voxel axis), all slices of all subjects pooled",
-            "prediction": _distribution(real, np.concatenate(features["pred"]), seed),
+            "prediction": feature_distances(real, np.concatenate(features["pred"]), seed),
         }
         if features["compare"]:
-            summary["distribution"]["compare"] = _distribution(
+            summary["distribution"]["compare"] = feature_distances(
                 real, np.concatenate(features["compare"]), seed
             )
     return EvaluationResult(spec.name, metrics, per_subject, other, summary)
 
-
-def _distribution(real: np.ndarray, fake: np.ndarray, seed: int) -> dict[str, float]:
-    kid_mean, kid_std = kid(real, fake, seed=seed)
-    return {
-        "fid": fid_score(real, fake),
-        "kid_mean": kid_mean,
-        "kid_std": kid_std,
-        "n_real": int(real.shape[0]),
-        "n_synthetic": int(fake.shape[0]),
-    }

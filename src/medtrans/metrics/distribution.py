@@ -194,11 +194,16 @@ def distribution_metrics(
     net = extractor if isinstance(extractor, FeatureExtractor) else FeatureExtractor(extractor)
     real = net.features(real_slices, intensity_range)
     fake = net.features(fake_slices, intensity_range)
+    return feature_distances(real, fake, seed)
+
+
+def feature_distances(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """FID, KID (mean and std) and the counts for two (N, D) feature sets already extracted."""
     kid_mean, kid_std = kid(real, fake, seed=seed)
     return {
         "fid": fid(real, fake),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
-        "n_real": float(real.shape[0]),
-        "n_synthetic": float(fake.shape[0]),
+        "n_real": int(real.shape[0]),
+        "n_synthetic": int(fake.shape[0]),
     }
