@@ -153,14 +153,14 @@ class Sampler(TorchDataset):
     def _slice_item(
         self, rng: np.random.Generator, subject: str, index: int, with_sources: bool
     ) -> dict[str, np.ndarray]:
-        n = self._slab(subject, "mask", index).shape
-        start = [_start(rng, n[a], self.size[a]) for a in range(2)]
+        mask = self._slab(subject, "mask", index)
+        start = [_start(rng, mask.shape[a], self.size[a]) for a in range(2)]
         out = {
             "target": _fit(self._slab(subject, self.target, index), self.size, start, -1.0)[None],
-            "mask": _fit(self._slab(subject, "mask", index), self.size, start, 0)[None],
+            "mask": _fit(mask, self.size, start, 0)[None],
         }
         if with_sources:
-            total = self._volume(subject, "mask").shape[self.axis]
+            total = self.cache.shape(subject)[self.axis]
             offsets = range(index - self.context, index + self.context + 1)
             chans = [
                 _fit(self._slab(subject, m, min(max(k, 0), total - 1)), self.size, start, -1.0)
