@@ -225,3 +225,20 @@ def test_tissue_classes_and_fid_with_a_scripted_extractor(folders, tmp_path):
     assert dist["compare"]["fid"] > dist["prediction"]["fid"]  # the noisier model is further away
     with pytest.raises(MedtransError, match="fid-range"):
         evaluate(folders["pred"], folders["ref"], fid=True, extractor=path)
+
+
+def test_compare_reads_each_reference_and_mask_once(folders, monkeypatch):
+    import medtrans.io as mio
+
+    reads: list[Path] = []
+    real_load = mio.load
+
+    def counting_load(path, **kwargs):
+        reads.append(Path(path))
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(mio, "load", counting_load)
+    evaluate(folders["pred"], folders["ref"], mask=folders["masks"], compare=folders["other"])
+    for folder in ("ref", "masks"):
+        inside = [p for p in reads if p.parent == folders[folder]]
+        assert len(inside) == len(IDS) == len(set(inside)), folder

@@ -300,26 +300,29 @@ def _on_grid(volume, reference, path: Path, ref_path: Path, resample: bool, orde
     return resample_like(volume, reference, order=order), True
 
 
-def _score(
-    pair: SubjectPair, image: Path, preset: str, resample: bool, tissue_classes: int
-) -> tuple[dict[str, float], bool, np.ndarray, np.ndarray]:
-    """Metrics of one prediction file against its reference: (values, resampled?, prediction, reference)."""
+def _mask_on_grid(pair: SubjectPair, ref, resample: bool) -> tuple[np.ndarray | None, bool]:
+    """The subject's mask on the reference grid (nearest when resampled): (array or None, moved?)."""
     from medtrans.io import load
 
-    ref = load(pair.ref)
-    pred, moved = _on_grid(load(image), ref, image, pair.ref, resample, order=1)
-    mask = None
-    if pair.mask is not None:
-        mvol, moved_mask = _on_grid(load(pair.mask), ref, pair.mask, pair.ref, resample, order=0)
-        mask, moved = mvol.array, moved or moved_mask
+    if pair.mask is None:
+        return None, False
+    mvol, moved = _on_grid(load(pair.mask), ref, pair.mask, pair.ref, resample, order=0)
+    return mvol.array, moved
+
+
+def _score(
+    pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None, image: Path, ref_path: Path, preset: str,
+    tissue_classes: int,
+) -> dict[str, float]:
+    """Metrics of one prediction (read from ``image``) against its reference, on one grid."""
     try:
-        values = evaluate_pair(pred.array, ref.array, mask, preset=preset)
+        values = evaluate_pair(pred, ref, mask, preset=preset)
         if tissue_classes:
-            seg = segmentation_consistency(pred.array, ref.array, mask, n_classes=tissue_classes)
+            seg = segmentation_consistency(pred, ref, mask, n_classes=tissue_classes)
             values.update({f"seg_{k}": v for k, v in seg.items()})
     except MedtransError as err:
-        raise MedtransError(image, f"{err.problem} (reference {pair.ref})", err.fix) from None
-    return values, moved, pred.array, ref.array
+        raise MedtransError(image, f"{err.problem} (reference {ref_path})", err.fix) from None
+    return values
 
 
 def _fid_range(preset: str, fid_range: tuple[float, float] | None) -> tuple[float, float]:
@@ -364,6 +367,8 @@ def evaluate(
     file, default the InceptionV3 of ``medtrans[fid]``; ``fid_range``: intensity window, default from
     the preset).
     """
+    from medtrans.io import load
+
     spec = get_preset(preset)
     net = FeatureExtractor(extractor) if fid else None
     window = _fid_range(preset, fid_range) if fid else None
@@ -373,15 +378,25 @@ def evaluate(
     features: dict[str, list[np.ndarray]] = {"real": [], "pred": [], "compare": []}
     resampled = 0
     for i, pair in enumerate(pairs):
-        per_subject[pair.id], moved, p_arr, r_arr = _score(pair, pair.pred, preset, resample, tissue_classes)
-        resampled += moved
+        # The reference and mask are read once per subject, for the prediction and the compared one alike.
+        ref_vol = load(pair.ref)
+        pred_vol, moved = _on_grid(load(pair.pred), ref_vol, pair.pred, pair.ref, resample, order=1)
+        mask_arr, moved_mask = _mask_on_grid(pair, ref_vol, resample)
+        r_arr = ref_vol.array
+        per_subject[pair.id] = _score(
+            pred_vol.array, r_arr, mask_arr, pair.pred, pair.ref, preset, tissue_classes
+        )
+        resampled += moved or moved_mask
         if net is not None:
             features["real"].append(net.features(_slices(r_arr), window))
-            features["pred"].append(net.features(_slices(p_arr), window))
+            features["pred"].append(net.features(_slices(pred_vol.array), window))
         if other is not None and pair.other is not None:
-            other[pair.id], _, o_arr, _ = _score(pair, pair.other, preset, resample, tissue_classes)
+            o_vol, _ = _on_grid(load(pair.other), ref_vol, pair.other, pair.ref, resample, order=1)
+            other[pair.id] = _score(
+                o_vol.array, r_arr, mask_arr, pair.other, pair.ref, preset, tissue_classes
+            )
             if net is not None:
-                features["compare"].append(net.features(_slices(o_arr), window))
+                features["compare"].append(net.features(_slices(o_vol.array), window))
         if progress is not None:
             progress(pair.id, i + 1, len(pairs))
     metrics = list(next(iter(per_subject.values())))
