@@ -1,11 +1,12 @@
-"""SSIM and MS-SSIM, masked, 2D / 3D / batches of slices, equal to scikit-image to ~1e-12.
+"""SSIM and MS-SSIM, masked, 2D / 3D / batches of slices, equal to scikit-image (1e-15 measured).
 
 Why written by hand rather than calling scikit-image or MONAI:
 - masks: the field's official numbers average the SSIM *map* inside a mask after a border crop, so the
   map (or its masked sum) is needed, for SSIM and at every scale of MS-SSIM;
-- 3D speed: scikit-image filters whole float64 volumes with one thread and allocates ~10 full-size
-  arrays (6-10 s for 256^3 here); streaming cache-sized float64 slabs, each cropped to the mask's
-  extent, is >10x faster with a body mask and the same values (docs/BENCHMARKS.md);
+- 3D speed: scikit-image filters whole float64 volumes with one thread and allocates full-size
+  arrays for every moment (3.9-10.5 s for 256^3 on the shared machine); streaming cache-sized float64
+  slabs, each cropped to the mask's extent, measured 10.6-13.4x faster with a body mask and the same
+  values (docs/BENCHMARKS.md, benchmarks/bench_ssim.py);
 - batches: per-slice presets need one SSIM per slice of a (B, H, W) stack in one call, and tensors on
   a GPU should stay there.
 
