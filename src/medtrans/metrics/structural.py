@@ -51,6 +51,11 @@ class Window:
     def pad(self) -> int:
         return (self.size - 1) // 2
 
+    def cov_norm(self, dims: int, sample: bool) -> float:
+        """Variance factor: N / (N - 1) for the sample covariance over N = size^dims taps, else 1."""
+        n = self.size**dims
+        return n / (n - 1) if sample else 1.0
+
 
 def make_window(gaussian_weights: bool = False, win_size: int | None = None, sigma: float = 1.5) -> Window:
     """scikit-image's windows: uniform 7 by default; Gaussian sigma with truncate 3.5 (11 taps at 1.5)."""
@@ -351,9 +356,7 @@ def ssim(
     """
     p, r, m, dr = _prepare(pred, ref, mask, data_range, batch)
     window = make_window(gaussian_weights, win_size, sigma)
-    dims = p.dim() - (1 if batch else 0)
-    n_win = window.size**dims
-    cov_norm = n_win / (n_win - 1) if use_sample_covariance else 1.0
+    cov_norm = window.cov_norm(p.dim() - (1 if batch else 0), use_sample_covariance)
     sums, counts, smap = map_reduce(
         p, r, m, window, ssim_map_fn(dr, cov_norm, k1, k2), batch=batch, full=full
     )
@@ -422,8 +425,7 @@ def ms_ssim(
         )
     p, r, m, dr = _prepare(pred, ref, mask, data_range, batch=False)
     window = make_window(gaussian_weights, win_size, sigma)
-    n_win = window.size ** p.dim()
-    cov_norm = n_win / (n_win - 1) if use_sample_covariance else 1.0
+    cov_norm = window.cov_norm(p.dim(), use_sample_covariance)
     levels = len(weights)
     need = min_ms_ssim_size(levels, window.size)
     if m is None:
