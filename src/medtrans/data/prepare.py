@@ -64,15 +64,16 @@ class PreparedCache:
                 f"(missing from the dataset or missing {', '.join(plan.modalities)})",
                 "check the splits file against the dataset",
             )
+        plan_hash = plan.hash()
         self.plan = plan
-        self.folder = Path(cache_dir) / plan.hash()
+        self.folder = Path(cache_dir) / plan_hash
         self.subject_ids = ids
         self._maps: dict[tuple[str, str], np.ndarray] = {}
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest_path = self.folder / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        if manifest.get("plan_hash") != plan.hash():
-            manifest = {"plan_hash": plan.hash(), "subjects": {}}
+        if manifest.get("plan_hash") != plan_hash:
+            manifest = {"plan_hash": plan_hash, "subjects": {}}
         self._manifest = manifest
         for sid in ids:
             record = usable.subject(sid)
@@ -102,7 +103,6 @@ class PreparedCache:
             points = points[np.sort(rng.choice(len(points), MAX_FOREGROUND_POINTS, replace=False))]
         _atomic_npy(folder / "foreground.npy", points)
         counts = mask_arr.sum(axis=tuple(a for a in range(3) if a != axis)).astype(np.int64)
-        self._maps = {k: v for k, v in self._maps.items() if k[0] != record.id}
         self._manifest["subjects"][record.id] = {
             "files": signature,
             "shape": [int(n) for n in mask_arr.shape],
