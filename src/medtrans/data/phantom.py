@@ -626,21 +626,17 @@ def write_phantom(out: Path, spec: PhantomSpec, subjects: int, dims: int = 3, wo
     ``workers`` > 1 simulates subjects in parallel processes; files are identical either way.
     """
     from concurrent.futures import ProcessPoolExecutor
+    from contextlib import ExitStack
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(spec, i, subjects, str(out)) for i in range(subjects)]
     params: dict[str, Any] = {}
-    if workers > 1 and subjects > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, subjects)) as pool:
-            results = pool.map(_write_subject, tasks)
-            for sid, p in results:
-                params[sid] = p
-                if progress:
-                    progress(sid)
-    else:
-        for task in tasks:
-            sid, p = _write_subject(task)
+    with ExitStack() as stack:
+        mapper = map
+        if workers > 1 and subjects > 1:
+            mapper = stack.enter_context(ProcessPoolExecutor(max_workers=min(workers, subjects))).map
+        for sid, p in mapper(_write_subject, tasks):
             params[sid] = p
             if progress:
                 progress(sid)
