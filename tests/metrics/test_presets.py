@@ -181,3 +181,11 @@ def test_preset_range_errors():
         evaluate_pair(sct, ct, preset="icon")
     with pytest.raises(MedtransError, match="unknown metric preset"):
         evaluate_pair(ct, ct, preset="brats")
+
+
+def test_fid_window_is_part_of_the_preset():
+    from medtrans.metrics.presets import PRESETS
+
+    assert PRESETS["synthrad2023"].fid_window == PRESETS["synthrad2025"].fid_window == (-1024.0, 3000.0)
+    assert PRESETS["icon"].fid_window == (0.0, 1.0)
+    assert PRESETS["default"].fid_window is None  # no unit to assume: the evaluator asks for --fid-range

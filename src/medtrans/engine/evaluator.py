@@ -26,7 +26,7 @@ from medtrans.atomic import write_text
 from medtrans.errors import MedtransError
 from medtrans.io.api import marked_target
 from medtrans.metrics.distribution import FeatureExtractor, feature_distances
-from medtrans.metrics.presets import evaluate_pair, get_preset
+from medtrans.metrics.presets import Preset, evaluate_pair, get_preset
 from medtrans.metrics.segmentation import segmentation_consistency
 from medtrans.metrics.stats import paired_wilcoxon, summarise
 
@@ -325,13 +325,11 @@ def _score(
     return values
 
 
-def _fid_range(preset: str, fid_range: tuple[float, float] | None) -> tuple[float, float]:
+def _fid_range(spec: Preset, fid_range: tuple[float, float] | None) -> tuple[float, float]:
     if fid_range is not None:
         return fid_range
-    if preset.startswith("synthrad"):
-        return (-1024.0, 3000.0)
-    if preset == "icon":
-        return (0.0, 1.0)
+    if spec.fid_window is not None:
+        return spec.fid_window
     raise MedtransError(
         None,
         "FID needs the intensity window the slices are scaled from",
@@ -371,7 +369,7 @@ def evaluate(
 
     spec = get_preset(preset)
     net = FeatureExtractor(extractor) if fid else None
-    window = _fid_range(preset, fid_range) if fid else None
+    window = _fid_range(spec, fid_range) if fid else None
     pairs, counts = match_subjects(pred, ref, mask=mask, compare=compare, ref_modality=ref_modality)
     per_subject: dict[str, dict[str, float]] = {}
     other: dict[str, dict[str, float]] | None = {} if compare is not None else None

@@ -31,6 +31,7 @@ class Preset:
     expects: str
     conventions: dict[str, str]
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], dict[str, float]] = field(repr=False)
+    fid_window: tuple[float, float] | None = None  # intensities scaled to the FID extractor's input
 
 
 def _default(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
@@ -153,6 +154,7 @@ PRESETS: dict[str, Preset] = {
             "cropping 3 voxels from each border",
         },
         _synthrad2023,
+        fid_window=(-1024.0, 3000.0),
     ),
     "synthrad2025": Preset(
         "synthrad2025",
@@ -172,6 +174,7 @@ PRESETS: dict[str, Preset] = {
             "of the per-scale values clipped to [0, 1]",
         },
         _synthrad2025,
+        fid_window=(-1024.0, 3000.0),
     ),
     "icon": Preset(
         "icon",
@@ -188,6 +191,7 @@ PRESETS: dict[str, Preset] = {
             "the normalised reference slice, x100; mean over slices",
         },
         _icon,
+        fid_window=(0.0, 1.0),
     ),
 }
 
