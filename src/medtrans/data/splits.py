@@ -89,7 +89,7 @@ def save_splits(
 ) -> Path:
     """Write the splits as JSON (atomically), with the seed and fractions that made them."""
     path = Path(path)
-    data: dict = {name: list(_check(splits, path, None)[name]) for name in SPLITS}
+    data: dict = _check(splits, path, None)
     if seed is not None:
         data["seed"] = int(seed)
     if fractions is not None:
