@@ -86,11 +86,11 @@ def load_trained(run_dir: str | os.PathLike, which: str = "best") -> tuple[Metho
         raise MedtransError(run_dir, "run has no plan.json", "the run was not written completely; retrain")
     plan = Plan.load(plan_path)
     method = build_method(config)
-    weights = load_model_weights(checkpoint_dir(run_dir, which))
-    missing, unexpected = method.load_state_dict(weights, strict=False)
+    folder = checkpoint_dir(run_dir, which)
+    missing, unexpected = method.load_state_dict(load_model_weights(folder), strict=False)
     if missing or unexpected:
         raise MedtransError(
-            checkpoint_dir(run_dir, which),
+            folder,
             f"weights do not fit the configured method (missing {missing[:3]}, unexpected {unexpected[:3]})",
             "the config.yaml and checkpoint come from different runs",
         )
