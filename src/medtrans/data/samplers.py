@@ -100,12 +100,12 @@ class Sampler(TorchDataset):
             self.items = np.arange(len(ids))
             self.length = samples_per_epoch or 4 * len(ids)
         else:
-            slices = [(i, s) for i, sid in enumerate(ids) for s in np.flatnonzero(self._slice_counts(sid))]
+            self._by_subject = {i: np.flatnonzero(self._slice_counts(sid)) for i, sid in enumerate(ids)}
+            slices = [(i, s) for i, found in self._by_subject.items() for s in found]
             if not slices:
                 raise MedtransError(cache.folder, "no slice holds foreground", "check the masks")
             self.items = np.asarray(slices, dtype=np.int64)
             self.length = samples_per_epoch or len(self.items)
-            self._by_subject = {i: self.items[self.items[:, 0] == i, 1] for i in range(len(ids))}
         self._orders: dict[tuple[int, int], np.ndarray] = {}
 
     def _default_size(self, want: int) -> list[int]:
