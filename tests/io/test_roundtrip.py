@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -119,3 +122,19 @@ def test_grey_rgb_and_grey_alpha_pictures_read_as_grey_and_colour_is_refused(tmp
     Image.fromarray(colour).save(tmp_path / "photo.png")
     with pytest.raises(MedtransError, match="not a greyscale scan"):
         load(tmp_path / "photo.png")
+
+
+def test_saved_files_and_series_follow_the_umask_not_staging_privacy(tmp_path, make_volume) -> None:
+    """Staging folders are private (0700); what lands at the destination is readable like any file."""
+    volume = make_volume()
+    old = os.umask(0o022)
+    try:
+        save(volume, tmp_path / "ct.nii.gz")
+        save(volume, tmp_path / "ct.npy")
+        save(volume, tmp_path / "series")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "ct.nii.gz", tmp_path / "ct.npy", tmp_path / "ct.json",
+                 *(tmp_path / "series").iterdir()):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert stat.S_IMODE((tmp_path / "series").stat().st_mode) == 0o755
