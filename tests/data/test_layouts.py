@@ -110,6 +110,13 @@ def test_forced_layout_and_unknown_layout_name(tmp_path) -> None:
     assert sorted(LAYOUTS.names()) == ["brats", "generic", "ixi", "nnunet", "synthrad"]
 
 
+def test_forced_nnunet_without_channel_names_is_a_clear_error(tmp_path) -> None:
+    nifti(tmp_path / "imagesTr" / "case_001_0000.nii.gz")
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    with pytest.raises(MedtransError, match=r"dataset\.json: missing, unreadable, or without channel_names"):
+        open_dataset(tmp_path, layout="nnunet")
+
+
 def test_bad_folders_say_what_was_tried(tmp_path) -> None:
     with pytest.raises(MedtransError, match="does not exist"):
         open_dataset(tmp_path / "nowhere")

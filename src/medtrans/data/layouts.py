@@ -185,7 +185,10 @@ class NNUNet(Layout):
         return self._meta(root) is not None
 
     def scan(self, root: Path) -> tuple[list[SubjectRecord], list[str]]:
-        meta = self._meta(root) or {}
+        meta = self._meta(root)
+        if meta is None:  # only when --layout nnunet is forced: detection already required it
+            raise MedtransError(root / "dataset.json", "missing, unreadable, or without channel_names "
+                                "(or no imagesTr/ beside it)", f"an nnU-Net dataset needs {self.expects}")
         channels = {int(k): canonical(str(v)) for k, v in meta["channel_names"].items()}
         ending = str(meta.get("file_ending", ".nii.gz"))
         pattern = re.compile(rf"^(?P<case>.+)_(?P<ch>\d{{4}}){re.escape(ending)}$")
