@@ -169,7 +169,7 @@ def resolve_inputs(path: Path, modalities: Sequence[str]) -> tuple[str, dict[str
                 raise MedtransError(path, f"the file name says {canonical(stem)} but the model translates "
                                     f"{single}", f"give the {single} image")
             stem = path.parent.name
-        return stem, {single: path}, path.suffix.lower() == ".dcm" or _is_dicom(path)
+        return stem, {single: path}, _is_dicom(path)
     found = {m: p for m in modalities if (p := _find_modality(path, m)) is not None}
     if len(found) == len(modalities):
         return path.name, found, all(p.is_dir() or p.suffix.lower() == ".dcm" for p in found.values())
@@ -222,17 +222,13 @@ def collect_inputs(paths: Iterable[str | os.PathLike], modalities: Sequence[str]
 
 
 def _is_dicom(path: Path) -> bool:
-    """A DICOM Part-10 file has 'DICM' after its 128-byte preamble."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+    from medtrans.io.dicom import is_dicom_file  # lazy: importing the predictor stays free of pydicom
+
+    return path.suffix.lower() == ".dcm" or is_dicom_file(path)
 
 
 def _has_dicom(folder: Path) -> bool:
-    return any(p.is_file() and (p.suffix.lower() == ".dcm" or _is_dicom(p)) for p in folder.iterdir())
+    return any(p.is_file() and _is_dicom(p) for p in folder.iterdir())
 
 
 @dataclass
