@@ -161,12 +161,15 @@ def run_demo(out: str | Path = "medtrans-demo", quick: bool = False,
         predictor = Predictor.from_run(run_dir, device="cpu")
         predictions[name] = out / "predictions" / name
         predictor.predict_paths([data / s for s in test], predictions[name], fmt="nii")
+    # each test subject's T1, T2 and mask, read once for both baselines and the report
+    volumes = {s: (load(data / s / "t1.nii.gz"), load(data / s / "t2.nii.gz"), load(masks / f"{s}.nii.gz"))
+               for s in test}
     for name, (folder, fn, how) in BASELINES.items():
         predictions[name] = out / "predictions" / folder
         predictions[name].mkdir(parents=True, exist_ok=True)
         for subject in test:
-            t1, t2 = load(data / subject / "t1.nii.gz"), load(data / subject / "t2.nii.gz")
-            mask = load(masks / f"{subject}.nii.gz").array
+            t1, t2, mask_volume = volumes[subject]
+            mask = mask_volume.array
             info = SyntheticInfo(model=folder, source=str(data / subject / "t1.nii.gz"), method=how)
             save(t1.with_array(fn(t1.array, t2.array, mask), modality="t2"),
                  predictions[name] / f"{subject}.nii.gz", synthetic=info)
@@ -183,9 +186,8 @@ def run_demo(out: str | Path = "medtrans-demo", quick: bool = False,
     clock = _timed(seconds, "evaluate", clock)
 
     say("5/5 report")
-    views = [SubjectView(s, load(data / s / "t1.nii.gz"),
-                         {n: load(predictions[n] / f"{s}.nii.gz") for n in predictions},
-                         target=load(data / s / "t2.nii.gz"), mask=load(masks / f"{s}.nii.gz"))
+    views = [SubjectView(s, volumes[s][0], {n: load(predictions[n] / f"{s}.nii.gz") for n in predictions},
+                         target=volumes[s][1], mask=volumes[s][2])
              for s in test]
     report = write_report(out / "report.html", models, views, title="medtrans demo: T1 → T2 on the phantom",
                           notes=[f"{len(test)} test subjects. Baselines, per subject inside the brain mask: "
