@@ -170,7 +170,8 @@ def run_demo(out: str | Path = "medtrans-demo", quick: bool = False,
         for subject in test:
             t1, t2, mask_volume = volumes[subject]
             mask = mask_volume.array
-            info = SyntheticInfo(model=folder, source=str(data / subject / "t1.nii.gz"), method=how)
+            info = SyntheticInfo(model=folder, source=str(data / subject / "t1.nii.gz"), method=how,
+                                 target="t2")
             save(t1.with_array(fn(t1.array, t2.array, mask), modality="t2"),
                  predictions[name] / f"{subject}.nii.gz", synthetic=info)
     clock = _timed(seconds, "predict", clock)
