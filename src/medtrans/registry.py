@@ -1,12 +1,14 @@
 """Name -> class registries, so a new layout, backbone or method is one file plus one line.
 
-Each kind has a ``Registry``; implementations register themselves with a decorator::
+Each kind has a ``Registry`` that maps every name to the module defining it; the module registers
+its class with a decorator::
 
     @BACKBONES.register("unet")
     class UNet(nn.Module): ...
 
-Modules that define implementations are imported lazily by ``_load`` the first time a registry is
-asked for a name, so importing ``medtrans`` stays cheap and no module imports another to register it.
+Asking for a name imports only the module of that name, so validating a config that uses ``unet``
+never imports the Mamba or VQ modules: an optional dependency that fails to import breaks only the
+component that needs it, and listing the names (for error messages) imports nothing.
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ from medtrans.errors import MedtransError
 
 
 class Registry:
-    """A named table of classes (or factories) of one kind."""
+    """A named table of classes (or factories) of one kind, each imported on first use."""
 
-    def __init__(self, kind: str, modules: tuple[str, ...]) -> None:
+    def __init__(self, kind: str, modules: dict[str, str]) -> None:
         self.kind = kind
-        self._modules = modules
+        self._modules = dict(modules)
         self._table: dict[str, Any] = {}
-        self._loaded = False
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def deco(obj: Any) -> Any:
@@ -36,30 +37,37 @@ class Registry:
 
         return deco
 
-    def _load(self) -> None:
-        if not self._loaded:
-            for module in self._modules:
-                importlib.import_module(module)
-            self._loaded = True
-
     def names(self) -> list[str]:
-        self._load()
-        return sorted(self._table)
+        """Every known name (nothing is imported)."""
+        return sorted(set(self._modules) | set(self._table))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._modules or name in self._table
 
     def get(self, name: str) -> Any:
-        self._load()
-        if name not in self._table:
+        if name not in self:
             raise MedtransError(
                 None, f"unknown {self.kind} {name!r}", f"choose one of: {', '.join(self.names())}"
             )
+        if name not in self._table:
+            importlib.import_module(self._modules[name])
+            if name not in self._table:  # the table and the module disagree: a bug, not a user error
+                raise RuntimeError(f"module {self._modules[name]} did not register {self.kind} {name!r}")
         return self._table[name]
 
 
-LAYOUTS = Registry("layout", ("medtrans.data.layouts",))
-BACKBONES = Registry(
-    "backbone", ("medtrans.nets.unet", "medtrans.nets.resnet")
-)
-DISCRIMINATORS = Registry("discriminator", ("medtrans.nets.patchgan",))
-METHODS = Registry(
-    "method", ("medtrans.methods.regression", "medtrans.methods.pix2pix", "medtrans.methods.cyclegan")
-)
+LAYOUTS = Registry("layout", {
+    name: "medtrans.data.layouts" for name in ("generic", "nnunet", "brats", "synthrad", "ixi")
+})
+BACKBONES = Registry("backbone", {
+    "unet": "medtrans.nets.unet",
+    "resnet": "medtrans.nets.resnet",
+})
+DISCRIMINATORS = Registry("discriminator", {
+    "patchgan": "medtrans.nets.patchgan",
+})
+METHODS = Registry("method", {
+    "regression": "medtrans.methods.regression",
+    "pix2pix": "medtrans.methods.pix2pix",
+    "cyclegan": "medtrans.methods.cyclegan",
+})

@@ -34,10 +34,23 @@ def _build(registry: Registry, spec: dict[str, Any] | str, *args: int) -> nn.Mod
     return cls(*args, **spec)
 
 
+#: time-embedding size a method gets when it asks for time conditioning and the spec does not say
+DEFAULT_TIME_DIM = 128
+
+
 def build_backbone(
-    spec: dict[str, Any] | str, spatial_dims: int, in_channels: int, out_channels: int
+    spec: dict[str, Any] | str, spatial_dims: int, in_channels: int, out_channels: int,
+    time_conditioned: bool = False,
 ) -> nn.Module:
-    """A backbone from ``{"name": "unet", **options}``: ``(B, C_in, *spatial) -> (B, C_out, *spatial)``."""
+    """A backbone from ``{"name": "unet", **options}``: ``net(x, t=None, emb=None)`` maps
+    ``(B, C_in, *spatial) -> (B, C_out, *spatial)``.
+
+    ``time_conditioned`` (diffusion, flow, bridge methods) gives it a time embedding of
+    ``time_dim`` (the spec's, else ``DEFAULT_TIME_DIM``) feeding FiLM layers; without it ``t`` is refused.
+    """
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if time_conditioned:
+        spec.setdefault("time_dim", DEFAULT_TIME_DIM)
     return _build(BACKBONES, spec, spatial_dims, in_channels, out_channels)
 
 
@@ -46,4 +59,4 @@ def build_discriminator(spec: dict[str, Any] | str, spatial_dims: int, in_channe
     return _build(DISCRIMINATORS, spec, spatial_dims, in_channels)
 
 
-__all__ = ["build_backbone", "build_discriminator"]
+__all__ = ["DEFAULT_TIME_DIM", "build_backbone", "build_discriminator"]

@@ -6,6 +6,8 @@ names and options (norm ``instance|batch|group|none``, activations) mean the sam
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -186,3 +188,83 @@ def crop_to(x: Tensor, size: tuple[int, ...]) -> Tensor:
     if tuple(x.shape[2:]) == size:
         return x
     return x[(slice(None), slice(None), *(slice(0, s) for s in size))]
+
+
+# ----------------------------------------------------------------------------------- time conditioning
+class TimeEmbedding(nn.Module):
+    """Diffusion / flow time t ∈ [0, 1], shape (B,), → a (B, dim) embedding.
+
+    Sinusoidal features of ``scale · t`` (scale 1000: sinusoids designed for integer steps lose
+    resolution on [0, 1], so t is scaled once, here, and nowhere else) through Linear-SiLU-Linear.
+    """
+
+    def __init__(self, dim: int, frequencies: int | None = None, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.frequencies = frequencies or max(8, dim // 2)
+        self.scale = float(scale)
+        self.mlp = nn.Sequential(nn.Linear(2 * self.frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        t = t.reshape(-1).float() * self.scale
+        half = torch.exp(-math.log(10000.0) * torch.arange(self.frequencies, device=t.device) / self.frequencies)
+        angles = t[:, None] * half[None, :]
+        features = torch.cat([angles.sin(), angles.cos()], dim=1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class FiLM(nn.Module):
+    """Per-channel scale and shift from an embedding: ``x · (1 + scale) + shift`` (AdaGN when after a norm)."""
+
+    def __init__(self, embedding_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.SiLU(), nn.Linear(embedding_dim, 2 * channels))
+
+    def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
+        scale, shift = self.proj(embedding).to(x.dtype).chunk(2, dim=1)
+        view = (x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+        return x * (1 + scale.reshape(view)) + shift.reshape(view)
+
+
+def modulated(block: ConvNormAct, x: Tensor, film: FiLM | None, embedding: Tensor | None) -> Tensor:
+    """conv → norm → FiLM → activation; the plain ``block(x)`` when there is no embedding (no cost)."""
+    if film is None or embedding is None:
+        return block(x)
+    conv_layer, norm_layer, act_layer = block
+    return act_layer(film(norm_layer(conv_layer(x)), embedding))
+
+
+class TimeConditioned(nn.Module):
+    """Mixin of the backbone contract ``net(x, t=None, emb=None)``.
+
+    A backbone built with ``time_dim`` > 0 owns a :class:`TimeEmbedding`; ``embedding(t, emb, batch)``
+    gives the (B, time_dim) vector its FiLM layers use: the embedding of ``t`` (shape (B,) or a scalar,
+    in [0, 1]) plus ``emb``, an extra vector a method may add (a latent code through a mapping network,
+    a cVAE's z). With both ``None`` it returns ``None`` and every FiLM is skipped, so regression and GAN
+    runs pay nothing. A backbone built without time conditioning refuses a ``t``.
+    """
+
+    time_dim: int = 0
+    time: TimeEmbedding | None
+
+    def init_time(self, time_dim: int) -> None:
+        self.time_dim = int(time_dim)
+        self.time = TimeEmbedding(self.time_dim) if self.time_dim > 0 else None
+
+    def films(self, channels: int) -> FiLM | None:
+        """A FiLM layer for a block of ``channels`` (None without time conditioning)."""
+        return FiLM(self.time_dim, channels) if self.time_dim > 0 else None
+
+    def embedding(self, t: Tensor | float | None, emb: Tensor | None, batch: int) -> Tensor | None:
+        if t is None and emb is None:
+            return None
+        if self.time is None:
+            raise MedtransError(None, f"{type(self).__name__} got a time step but was built without time "
+                                "conditioning", "build it with time_dim > 0 (the diffusion and flow methods "
+                                "do this themselves)")
+        out = 0
+        if t is not None:
+            t = torch.as_tensor(t, device=self.time.mlp[0].weight.device, dtype=torch.float32)
+            out = self.time(t.expand(batch) if t.dim() == 0 else t)
+        if emb is not None:
+            out = out + emb
+        return out

@@ -18,9 +18,11 @@ class ResidualBlock(nn.Module):
     """x + (conv3-norm-act-[dropout]-conv3-norm)(x), reflection-padded."""
 
     def __init__(
-        self, spatial_dims: int, channels: int, norm: str, act: str, dropout: float, padding_mode: str
+        self, spatial_dims: int, channels: int, norm: str, act: str, dropout: float, padding_mode: str,
+        film: blocks.FiLM | None = None,
     ) -> None:
         super().__init__()
+        self.film = film
         self.body = nn.Sequential(
             blocks.ConvNormAct(
                 spatial_dims, channels, channels, norm_name=norm, act=act, padding_mode=padding_mode
@@ -32,12 +34,18 @@ class ResidualBlock(nn.Module):
             blocks.norm(norm, spatial_dims, channels),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+    def forward(self, x: Tensor, embedding: Tensor | None = None) -> Tensor:
+        if embedding is None or self.film is None:
+            return x + self.body(x)
+        first, *rest = self.body
+        h = blocks.modulated(first, x, self.film, embedding)
+        for layer in rest:
+            h = layer(h)
+        return x + h
 
 
 @BACKBONES.register("resnet")
-class ResNetGenerator(nn.Module):
+class ResNetGenerator(blocks.TimeConditioned, nn.Module):
     """ResNet generator ``(B, C_in, *spatial) -> (B, C_out, *spatial)``.
 
     Args:
@@ -49,6 +57,8 @@ class ResNetGenerator(nn.Module):
         dropout: dropout inside residual blocks (0 in CycleGAN, 0.5 optional in pix2pix).
         out_activation: ``None`` (linear head) or ``tanh`` (original).
         padding_mode: padding of the 7×7 and residual convs (``reflect`` as in the original).
+        time_dim: size of the time embedding (0: none); with it each residual block's first norm is
+            followed by a FiLM scale/shift of ``net(x, t)``'s time step.
     """
 
     def __init__(
@@ -64,9 +74,11 @@ class ResNetGenerator(nn.Module):
         dropout: float = 0.0,
         out_activation: str | None = None,
         padding_mode: str = "reflect",
+        time_dim: int = 0,
     ) -> None:
         super().__init__()
         blocks.check_spatial_dims(spatial_dims)
+        self.init_time(time_dim)
         self.n_down = int(n_down)
         layers: list[nn.Module] = [
             blocks.ConvNormAct(
@@ -87,7 +99,7 @@ class ResNetGenerator(nn.Module):
             )
         deep = width * 2**self.n_down
         layers += [
-            ResidualBlock(spatial_dims, deep, norm, activation, dropout, padding_mode)
+            ResidualBlock(spatial_dims, deep, norm, activation, dropout, padding_mode, self.films(deep))
             for _ in range(n_blocks)
         ]
         for i in reversed(range(self.n_down)):
@@ -111,6 +123,11 @@ class ResNetGenerator(nn.Module):
         ]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None = None, emb: Tensor | None = None) -> Tensor:
+        embedding = self.embedding(t, emb, x.shape[0])
         x, size = blocks.pad_to_multiple(x, 2**self.n_down)
-        return blocks.crop_to(self.model(x), size)
+        if embedding is None:
+            return blocks.crop_to(self.model(x), size)
+        for layer in self.model:
+            x = layer(x, embedding) if isinstance(layer, ResidualBlock) else layer(x)
+        return blocks.crop_to(x, size)

@@ -16,34 +16,41 @@ from medtrans.registry import BACKBONES
 
 
 class DoubleConv(nn.Sequential):
-    """Two conv-norm-act blocks, with optional dropout between them."""
+    """Two conv-norm-act blocks, with optional dropout between them; ``film`` modulates the first."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float
+        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float,
+        film: blocks.FiLM | None = None,
     ) -> None:
         super().__init__(
             blocks.ConvNormAct(spatial_dims, in_channels, out_channels, norm_name=norm, act=act),
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             blocks.ConvNormAct(spatial_dims, out_channels, out_channels, norm_name=norm, act=act),
         )
+        self.film = film
+
+    def forward(self, x: Tensor, embedding: Tensor | None = None) -> Tensor:
+        first, dropout, second = self[0], self[1], self[2]
+        return second(dropout(blocks.modulated(first, x, self.film, embedding)))
 
 
 class Up(nn.Module):
     """Transposed-conv upsampling, concatenation with the skip, then a DoubleConv."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float
+        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float,
+        film: blocks.FiLM | None = None,
     ) -> None:
         super().__init__()
         self.up = blocks.conv_transpose(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2)
-        self.block = DoubleConv(spatial_dims, 2 * out_channels, out_channels, norm, act, dropout)
+        self.block = DoubleConv(spatial_dims, 2 * out_channels, out_channels, norm, act, dropout, film)
 
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        return self.block(torch.cat([self.up(x), skip], dim=1))
+    def forward(self, x: Tensor, skip: Tensor, embedding: Tensor | None = None) -> Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1), embedding)
 
 
 @BACKBONES.register("unet")
-class UNet(nn.Module):
+class UNet(blocks.TimeConditioned, nn.Module):
     """U-Net ``(B, C_in, *spatial) -> (B, C_out, *spatial)``.
 
     Args:
@@ -54,6 +61,8 @@ class UNet(nn.Module):
         dropout: probability of dropout between the two convolutions of every block.
         out_activation: ``None`` (linear head) or ``tanh``.
         pad_mode: how inputs not divisible by 2**depth are padded before the net (then cropped).
+        time_dim: size of the time embedding (0: no time conditioning); with it every block's first
+            norm is followed by a FiLM scale/shift of ``net(x, t)``'s time step.
     """
 
     def __init__(
@@ -69,19 +78,23 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         out_activation: str | None = None,
         pad_mode: str = "replicate",
+        time_dim: int = 0,
     ) -> None:
         super().__init__()
         self.spatial_dims = blocks.check_spatial_dims(spatial_dims)
+        self.init_time(time_dim)
         self.depth = int(depth)
         self.pad_mode = pad_mode
         widths = [min(width * 2**level, max_width) for level in range(self.depth + 1)]
-        self.stem = DoubleConv(spatial_dims, in_channels, widths[0], norm, activation, dropout)
+        self.stem = DoubleConv(spatial_dims, in_channels, widths[0], norm, activation, dropout,
+                               self.films(widths[0]))
         self.down = nn.ModuleList(
-            DoubleConv(spatial_dims, widths[i], widths[i + 1], norm, activation, dropout)
+            DoubleConv(spatial_dims, widths[i], widths[i + 1], norm, activation, dropout,
+                       self.films(widths[i + 1]))
             for i in range(self.depth)
         )
         self.up = nn.ModuleList(
-            Up(spatial_dims, widths[i + 1], widths[i], norm, activation, dropout)
+            Up(spatial_dims, widths[i + 1], widths[i], norm, activation, dropout, self.films(widths[i]))
             for i in reversed(range(self.depth))
         )
         self.head = nn.Sequential(
@@ -90,13 +103,14 @@ class UNet(nn.Module):
         )
         self._pool = F.max_pool2d if spatial_dims == 2 else F.max_pool3d
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | None = None, emb: Tensor | None = None) -> Tensor:
+        embedding = self.embedding(t, emb, x.shape[0])
         x, size = blocks.pad_to_multiple(x, 2**self.depth, self.pad_mode)
-        x = self.stem(x)
+        x = self.stem(x, embedding)
         skips = []
         for block in self.down:
             skips.append(x)
-            x = block(self._pool(x, 2))
+            x = block(self._pool(x, 2), embedding)
         for block, skip in zip(self.up, reversed(skips), strict=True):
-            x = block(x, skip)
+            x = block(x, skip, embedding)
         return blocks.crop_to(self.head(x), size)
