@@ -388,8 +388,9 @@ class Trainer:
                 np.take(subject.target, index, axis=axis))
 
     # ----------------------------------------------------------------------------------- loop
-    def fit(self, stop_after: int | None = None) -> Path:
-        """Run until ``total_steps`` (or ``stop_after`` steps of this session); returns the run dir."""
+    def fit(self, stop_after: int | None = None, time_limit: float | None = None) -> Path:
+        """Run until ``total_steps`` (or ``stop_after`` steps of this session, or ``time_limit`` seconds
+        of it: a wall-clock budget, then ``checkpoints/last`` as at the end); returns the run dir."""
         cfg = self.config
         p = self.progress
         # rows after the checkpoint (or, for a new run, from an earlier attempt that crashed) are dropped
@@ -400,6 +401,7 @@ class Trainer:
             with _progress_bar(cfg.logging.progress, self.total_steps, p.step) as bar, \
                     _stop_on_interrupt() as interrupted:
                 window_start, window_steps = time.perf_counter(), 0
+                session_start = window_start
                 batches = self.batches()
                 while p.step < end:
                     losses = self.train_step(self._to_device(next(batches)))
@@ -409,16 +411,21 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_steps * cfg.optim.batch_size / max(now - window_start, 1e-9)
                     bar.update(p.step, losses, rate)
-                    stopping = p.step == end or interrupted.is_set()
+                    out_of_time = time_limit is not None and now - session_start >= time_limit
+                    stopping = p.step == end or interrupted.is_set() or out_of_time
                     if p.step % cfg.logging.every == 0 or stopping:
                         lrs = {f"lr/{g}": s.get_last_lr()[0] for g, s in self.schedulers.items()}
                         log.scalars(p.step, p.epoch, {**losses, **lrs, "samples_per_s": rate})
                         window_start, window_steps = now, 0
                     finished = p.step == self.total_steps
-                    if finished or (cfg.validation.every and p.step % cfg.validation.every == 0):
+                    # a spent wall-clock budget ends the run as its last step would: validate, save
+                    due = bool(cfg.validation.every) and p.step % cfg.validation.every == 0
+                    if finished or out_of_time or due:
                         self.validate(log)
                     if finished or stopping or p.step % cfg.checkpoint.every == 0:
                         self.save("last")
+                    if out_of_time:
+                        break
                     if interrupted.is_set():
                         _console().print(f"interrupted after step {p.step}: checkpoints/last written; "
                                          f"continue with medtrans train --resume {self.run_dir}",
@@ -532,14 +539,16 @@ def prepare_run_dir(config: Config, run_dir: Path | None, resume: Path | None) -
 
 
 def train(config: Config, run_dir: str | os.PathLike | None = None,
-          resume: str | os.PathLike | None = None, stop_after: int | None = None) -> Path:
+          resume: str | os.PathLike | None = None, stop_after: int | None = None,
+          time_limit: float | None = None) -> Path:
     """Train ``config`` into a run directory and return it.
 
     ``resume`` continues the run in that folder from ``checkpoints/last`` (``run_dir`` is then ignored);
-    ``stop_after`` ends this session after that many steps (for time-limited jobs; resume later).
+    ``stop_after`` ends this session after that many steps (for time-limited jobs; resume later);
+    ``time_limit`` after that many seconds of training.
     """
     config, folder = prepare_run_dir(config, None if run_dir is None else Path(run_dir),
                                      None if resume is None else Path(resume))
     with deterministic_mode(config.deterministic):
         trainer = Trainer(config, folder, resume=resume is not None)
-        return trainer.fit(stop_after=stop_after)
+        return trainer.fit(stop_after=stop_after, time_limit=time_limit)

@@ -38,6 +38,9 @@ class Method(nn.Module, ABC):
     stochastic: ClassVar[bool] = False
     #: sampling steps when none are asked for; None for one-pass methods, which refuse ``steps``
     default_steps: ClassVar[int | None] = None
+    #: trains and translates on its own (False for a stage of a staged model, e.g. a VQ-VAE, which
+    #: ``medtrans benchmark``'s ``entries: all`` leaves out)
+    standalone: ClassVar[bool] = True
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int = 1) -> None:
         super().__init__()
