@@ -65,6 +65,7 @@ BACKBONES = Registry("backbone", {
 })
 DISCRIMINATORS = Registry("discriminator", {
     "patchgan": "medtrans.nets.patchgan",
+    "timed_patchgan": "medtrans.nets.timed_patchgan",
 })
 METHODS = Registry("method", {
     "regression": "medtrans.methods.regression",
@@ -72,4 +73,5 @@ METHODS = Registry("method", {
     "cyclegan": "medtrans.methods.cyclegan",
     "ddpm": "medtrans.methods.ddpm",
     "flow": "medtrans.methods.flow",
+    "syndiff": "medtrans.methods.syndiff",
 })
