@@ -343,7 +343,15 @@ class Trainer:
                     subject = ValSubject(subject.id, source, target, mask)
                 kwargs = {"mask": mask, "data_range": self.data.data_range}
                 scores["psnr"].append(float(psnr(pred, target, **kwargs)))
-                scores["ssim"].append(float(ssim(pred, target, **kwargs)))
+                if keep is not None:  # a few scattered slices: 2D SSIM per slice, averaged
+                    axis = self.data.slice_axis
+                    slices = {k: None if v is None else np.moveaxis(v, axis, 0)
+                              for k, v in (("pred", pred), ("ref", target), ("mask", mask))}
+                    per_slice = ssim(slices["pred"], slices["ref"], mask=slices["mask"],
+                                     data_range=self.data.data_range, batch=True)
+                    scores["ssim"].append(float(np.nanmean(np.asarray(per_slice))))
+                else:
+                    scores["ssim"].append(float(ssim(pred, target, **kwargs)))
                 scores["mae"].append(float(mae(pred, target, mask=mask)))
                 if len(grid) < GRID_SUBJECTS:
                     grid.append(self._grid_row(subject, pred))
