@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medtrans.data.missing import with_availability
 from medtrans.data.modalities import canonical, is_known
 from medtrans.engine.inferers import Inferer, Sampling, build_inferer, method_moments
 from medtrans.errors import MedtransError
@@ -231,11 +232,17 @@ class Predictor:
     def predict_subject_with_std(self, volumes: dict[str, Any],
                                  progress: Callable[[int, int], None] | None = None) -> tuple[Any, Any]:
         """(synthetic Volume, std Volume in the target's units or None), both on the source grid."""
+        dropout = self.config.data.source_dropout > 0
         missing = [m for m in self.sources if m not in volumes]
-        if missing:
+        if missing and (not dropout or len(missing) == len(self.sources)):
             raise MedtransError(None, f"missing modality {', '.join(missing)}",
-                                f"the model needs {', '.join(self.sources)}")
-        array, space = self.plan.to_model_space({m: volumes[m] for m in self.sources})
+                                f"the model needs {', '.join(self.sources)}" + (
+                                    "" if dropout else " (it was not trained with data.source_dropout, "
+                                    "so it cannot predict from fewer sources)"))
+        present = {m: volumes[m] for m in self.sources if m in volumes}
+        array, space = self.plan.to_model_space(present, allow_missing=dropout)
+        if dropout:
+            array = with_availability(array, [m not in space.missing for m in self.sources])
         total = int(array.shape[1 + int(self.plan.slice_axis)])
         done = [0]
 

@@ -29,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
 from medtrans.config import Config, OptimConfig, dump_config
+from medtrans.data.missing import drop_sources, with_availability
 from medtrans.engine import checkpoint as ckpt
 from medtrans.engine.data import TrainData, ValSubject, build_data
 from medtrans.engine.inferers import Sampling, SliceInferer, build_inferer, method_moments
@@ -244,6 +245,9 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One update of every group in order; returns the named loss values ``group/name``."""
         logged: dict[str, float] = {}
+        if self.config.data.source_dropout > 0:  # the same dropped batch for every group
+            batch = {**batch, "source": drop_sources(batch["source"], len(self.config.data.sources),
+                                                     self.config.data.source_dropout)}
         for group in self.groups:
             frozen = [p for g, ps in self.group_params.items() if g != group for p in ps if p.requires_grad]
             for p in frozen:
@@ -305,7 +309,10 @@ class Trainer:
         sampling = Sampling(steps=cfg.inference.steps if model.default_steps is not None else None,
                             seed=cfg.inference.seed)
         moments = method_moments(model, sampling, self.device, cfg.optim.amp, self.memory_format)
-        array = torch.from_numpy(np.ascontiguousarray(subject.source, dtype=np.float32))
+        source = subject.source
+        if cfg.data.source_dropout > 0:  # every source present at validation
+            source = with_availability(source, [True] * len(cfg.data.sources))
+        array = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
         chosen = None
         multi_step = model.default_steps is not None
         if isinstance(inferer, SliceInferer) and multi_step and cfg.validation.max_slices:
