@@ -326,7 +326,7 @@ def _check_components(config: Config, path: str | os.PathLike | None) -> None:
             raise MedtransError(path, f"{key}.name: {component.name!r} is not a known {registry.kind}",
                                 f"allowed values: {', '.join(registry.names())}")
         cls = registry.get(component.name)
-        if key == "method" and getattr(cls, "paired", False) and not config.data.paired:
+        if key == "method" and cls.needs_pairs(component.args) and not config.data.paired:
             raise MedtransError(path, f"data.paired: false, but method {component.name!r} learns from pairs",
                                 "set data.paired: true, or use an unpaired method such as cyclegan")
         params = inspect.signature(cls).parameters

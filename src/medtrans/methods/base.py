@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -47,6 +47,12 @@ class Method(nn.Module, ABC):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
+
+    @classmethod
+    def needs_pairs(cls, args: Mapping[str, Any]) -> bool:
+        """Whether a run with these method ``args`` trains on paired data (checked against data.paired
+        before any data is read); the class's ``paired`` unless the method has both variants."""
+        return cls.paired
 
     @abstractmethod
     def group_parameters(self, group: str) -> Iterator[nn.Parameter]:
