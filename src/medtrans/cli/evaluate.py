@@ -41,7 +41,8 @@ def evaluate(
         "or <subject>/mask.nii.gz); default: the dataset's own masks, if any.",
     ),
     preset: str = typer.Option(
-        "default", "--preset", help="default, synthrad2023, synthrad2025 or icon (see docs/METRICS.md)."
+        "default", "--preset", help="default, synthrad2023, synthrad2025, synthrad2025_container, icon or "
+        "syndiff (see docs/METRICS.md)."
     ),
     resample: bool = typer.Option(
         False,

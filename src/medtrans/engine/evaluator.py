@@ -337,6 +337,14 @@ def _fid_range(spec: Preset, fid_range: tuple[float, float] | None) -> tuple[flo
     )
 
 
+def _pooled(spec: Preset, per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The original's number for presets that average slices of all subjects together: per-subject
+    means weighted by their slice counts."""
+    counts = np.array([v["slices"] for v in per_subject.values()])
+    values = per_subject.values()
+    return {m: float(np.dot([v[m] for v in values], counts) / counts.sum()) for m in spec.pooled}
+
+
 def _slices(array: np.ndarray) -> np.ndarray:
     """Axial slices (the last voxel axis) as an (N, H, W) stack."""
     return np.moveaxis(np.asarray(array), -1, 0)
@@ -417,6 +425,8 @@ def evaluate(
         "counts": {**counts, "resampled_subjects": resampled},
         "metrics": {m: summarise([per_subject[s][m] for s in per_subject], seed=seed) for m in metrics},
     }
+    if spec.pooled:
+        summary["pooled_over_slices"] = _pooled(spec, per_subject)
     if other is not None:
         summary["compare"] = {
             "metrics": {m: summarise([other[s][m] for s in other], seed=seed) for m in metrics},
