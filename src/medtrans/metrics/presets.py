@@ -240,8 +240,8 @@ PRESETS: dict[str, Preset] = {
             "scaling": _ICON_SCALING,
             "mask": "images multiplied by the binarised mask",
             "slices": "axial = last voxel axis; each slice |x| / mean(|x|) over all its pixels; a slice "
-            "whose mean is zero in the prediction or the reference is skipped (NaN in the original, dropped by "
-            "nanmean)",
+            "whose mean is zero in the prediction or the reference is skipped (NaN in the original, "
+            "dropped by nanmean)",
             "psnr": "per slice, data_range = max of the normalised reference slice; mean over slices",
             "ssim_pct": "per slice scikit-image defaults (uniform 7x7, sample covariance), "
             "data_range = max of the normalised reference slice, x100; mean over slices",
