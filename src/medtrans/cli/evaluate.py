@@ -84,6 +84,10 @@ def evaluate(
         "input, e.g. --fid-range=-1024,3000; default from the preset.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence intervals."),
+    allow_synthetic: bool = typer.Option(
+        False, "--allow-synthetic", help="Accept references marked SYNTHETIC (refused by default: a "
+        "synthetic reference makes any score meaningless as a measure against acquisitions)."
+    ),
 ) -> None:
     """Compute metrics per subject and summarise them (mean, std, median, IQR, 95% bootstrap CI).
 
@@ -118,6 +122,7 @@ def evaluate(
             extractor=extractor,
             fid_range=window,
             seed=seed,
+            allow_synthetic=allow_synthetic,
             progress=lambda sid, i, n: status.update(f"evaluating {sid} ({i}/{n})"),
         )
     csv_path, json_path = result.write(out)

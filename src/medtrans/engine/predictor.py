@@ -30,16 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medtrans.data.modalities import canonical, is_known
+from medtrans.data.inputs import collect_inputs
 from medtrans.errors import MedtransError
 
 Net = Callable[[Tensor], Tensor]
 
 #: in-plane sizes are padded to a multiple of this, so every U-Net depth up to 5 fits
 PAD_MULTIPLE = 32
-#: file name endings ``medtrans.io.load`` reads as one image
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".png", ".tif", ".tiff",
-                  ".dcm")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -143,92 +140,6 @@ def infer_window(net: Net, array: Tensor, patch_size: Sequence[int], batch_size:
         device=torch.device("cpu"),
     )
     return out[0, 0].float()
-
-
-def resolve_inputs(path: Path, modalities: Sequence[str]) -> tuple[str, dict[str, Path], bool]:
-    """Which files of ``path`` feed the model: (subject id, modality → path, input is DICOM).
-
-    ``path`` is an image file (single-source models), a DICOM series folder (single-source), or a
-    subject folder holding ``<modality>.<ext>`` files or ``<modality>/`` DICOM folders.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MedtransError(path, "input does not exist", "give an image file, a subject folder or a "
-                            "DICOM series folder")
-    single = modalities[0] if len(modalities) == 1 else None
-    if path.is_file():
-        stem = _strip_suffix(path.name)
-        if stem is None:
-            raise MedtransError(path, "not an image file", f"give a file ending in one of "
-                                f"{', '.join(IMAGE_SUFFIXES)}, a subject folder or a DICOM folder")
-        if single is None:
-            raise MedtransError(path, f"the model needs {', '.join(modalities)} but got one file",
-                                f"give a subject folder with {', '.join(m + '.nii.gz' for m in modalities)}")
-        if is_known(stem):  # <subject>/<modality>.nii.gz: the folder names the subject
-            if canonical(stem) != canonical(single):
-                raise MedtransError(path, f"the file name says {canonical(stem)} but the model translates "
-                                    f"{single}", f"give the {single} image")
-            stem = path.parent.name
-        return stem, {single: path}, _is_dicom(path)
-    found = {m: p for m in modalities if (p := _find_modality(path, m)) is not None}
-    if len(found) == len(modalities):
-        return path.name, found, all(p.is_dir() or p.suffix.lower() == ".dcm" for p in found.values())
-    if _has_dicom(path):
-        if single is None:
-            raise MedtransError(path, f"a single DICOM series but the model needs {', '.join(modalities)}",
-                                f"give a subject folder with one sub-folder per modality: "
-                                f"{', '.join(m + '/' for m in modalities)}")
-        return path.name, {single: path}, True
-    missing = [m for m in modalities if m not in found]
-    raise MedtransError(path, f"missing modality {', '.join(missing)} (the model needs "
-                        f"{', '.join(modalities)})", f"add {', '.join(m + '.nii.gz' for m in missing)} "
-                        "to the subject folder")
-
-
-def _strip_suffix(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _find_modality(folder: Path, modality: str) -> Path | None:
-    """``<modality>.<ext>`` or a ``<modality>/`` DICOM folder, any spelling of the name (T1w, t1n …)."""
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and canonical(entry.name) == canonical(modality):
-            return entry
-        stem = _strip_suffix(entry.name)
-        if entry.is_file() and stem is not None and canonical(stem) == canonical(modality):
-            return entry
-    return None
-
-
-def collect_inputs(paths: Iterable[str | os.PathLike], modalities: Sequence[str]
-                   ) -> list[tuple[str, dict[str, Path], bool]]:
-    """:func:`resolve_inputs` for every path; a dataset root (a folder of subject folders) stands for
-    all its subjects that hold every needed modality."""
-    found = []
-    for path in map(Path, paths):
-        try:
-            found.append(resolve_inputs(path, modalities))
-        except MedtransError:
-            folders = sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
-            subjects = [d for d in folders if all(_find_modality(d, m) is not None for m in modalities)]
-            if not subjects:
-                raise
-            found.extend(resolve_inputs(d, modalities) for d in subjects)
-    return found
-
-
-def _is_dicom(path: Path) -> bool:
-    from medtrans.io.dicom import is_dicom_file  # lazy: importing the predictor stays free of pydicom
-
-    return path.suffix.lower() == ".dcm" or is_dicom_file(path)
-
-
-def _has_dicom(folder: Path) -> bool:
-    return any(p.is_file() and _is_dicom(p) for p in folder.iterdir())
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medtrans.errors import MedtransError
+from medtrans.io.suffixes import split_image_name
 
 # File-name tokens (case-insensitive) that name a modality, as datasets spell them:
 # SynthRAD `ct.nii.gz`/`mr.mha`, BraTS `_t1n`/`_t2f`, BIDS `_T2w`, IXI `-PD`.
@@ -27,18 +28,10 @@ _HU_MODALITIES = {"ct", "cbct"}
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM/ITK patient LPS <-> medtrans RAS (its own inverse)
 
-# Extensions the readers know, longest first so `.nii.gz` wins over `.gz`.
-EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".png", ".tiff", ".tif", ".dcm")
-
 
 def split_extension(path: Path) -> tuple[str, str]:
     """(stem, known extension lowercased) — ``''`` when the extension is not one we read."""
-    name = path.name
-    lower = name.lower()
-    for ext in EXTENSIONS:
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], ext
-    return path.stem, ""
+    return split_image_name(path.name) or (path.stem, "")
 
 
 def modality_from_name(path: Path) -> str | None:

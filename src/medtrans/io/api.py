@@ -12,7 +12,6 @@ import numpy as np
 from medtrans.errors import MedtransError
 from medtrans.io import arrays, dicom, itk, nifti
 from medtrans.io._common import (
-    EXTENSIONS,
     check_finite,
     input_files,
     refuse_overwrite,
@@ -20,6 +19,7 @@ from medtrans.io._common import (
     staged,
     units_for,
 )
+from medtrans.io.suffixes import IMAGE_SUFFIXES
 from medtrans.io.volume import SyntheticInfo, Volume
 
 _READERS = {
@@ -41,7 +41,7 @@ def _unknown_extension(path: Path, writing: bool) -> MedtransError:
     verb = "write" if writing else "read"
     return MedtransError(
         path, f"cannot {verb} this file type (extension {''.join(path.suffixes) or 'none'!r})",
-        f"use one of {', '.join(EXTENSIONS)}" + (" or a folder for a DICOM series" if writing else ""),
+        f"use one of {', '.join(IMAGE_SUFFIXES)}" + (" or a folder for a DICOM series" if writing else ""),
     )
 
 
