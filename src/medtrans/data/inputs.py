@@ -15,6 +15,9 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from medtrans.data.modalities import canonical, is_known
 from medtrans.errors import MedtransError
@@ -107,6 +110,57 @@ def collect_inputs(paths: Iterable[str | os.PathLike], modalities: Sequence[str]
                 raise
             found.extend(resolve_inputs(d, modalities) for d in subjects)
     return found
+
+
+def refuse_synthetic(volume: Any, path: Path, role: str, allow: bool) -> None:
+    """A synthetic image (SYNTHETIC marking) may not stand for an acquisition unless the user says so."""
+    marking = volume.meta.get("synthetic")
+    if marking and not allow:
+        raise MedtransError(path, f"the {role} is marked synthetic ({marking[:80]}), not an acquisition",
+                            f"give the acquired {role}, or pass --allow-synthetic to use it anyway")
+
+
+def _input_folders(paths: Iterable[Path]) -> list[Path]:
+    """Folders the inputs live in: each folder given or found, and the folder of each file."""
+    return sorted({(p if p.is_dir() else p.parent).resolve() for p in paths})
+
+
+def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output path that is a file, or a folder that is or lies inside an input folder (the
+    synthetic series would land beside the acquisition), with a suggested path."""
+    if out_dir.exists() and not out_dir.is_dir():
+        suggestion = out_dir.with_name(out_dir.name + "-synthetic")
+        raise MedtransError(out_dir, "-o is an existing file, not a folder",
+                            f"give a folder for the outputs, e.g. -o {suggestion}")
+    out = out_dir.resolve()
+    for folder in _input_folders(inputs):
+        if out == folder or folder in out.parents:
+            suggestion = folder.parent / f"{folder.name}-synthetic"
+            raise MedtransError(out_dir, f"the output folder is or lies inside the input folder {folder}",
+                                f"write the synthetic images outside the inputs, e.g. -o {suggestion}")
+
+
+def check_sources(volumes: dict[str, Any], paths: dict[str, Path], allow_synthetic: bool) -> None:
+    """One subject's sources are fit to translate: not marked synthetic (unless allowed) and, with
+    several modalities, overlapping the first one's field of view."""
+    for modality, volume in volumes.items():
+        refuse_synthetic(volume, paths[modality], f"{modality} source", allow_synthetic)
+    first_name, *others = list(volumes)
+    lo, hi = _extent(volumes[first_name])
+    for name in others:
+        olo, ohi = _extent(volumes[name])
+        if np.any(olo > hi) or np.any(ohi < lo):
+            raise MedtransError(paths[name], f"does not overlap the {first_name} image "
+                                f"{paths[first_name]} in patient space",
+                                f"give the {name} image of the same subject and session")
+
+
+def _extent(volume: Any) -> tuple[np.ndarray, np.ndarray]:
+    """World (RAS mm) bounding box of a volume's voxel centres."""
+    shape = np.asarray(volume.array.shape[:3]) - 1
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])])
+    world = corners @ np.asarray(volume.affine).T
+    return world[:, :3].min(axis=0), world[:, :3].max(axis=0)
 
 
 # ----------------------------------------------------------------------------------- evaluation

@@ -23,7 +23,7 @@ import numpy as np
 
 from medtrans import __version__
 from medtrans.atomic import write_text
-from medtrans.data.inputs import SubjectPair, match_subjects
+from medtrans.data.inputs import SubjectPair, match_subjects, refuse_synthetic
 from medtrans.errors import MedtransError
 from medtrans.metrics.distribution import FeatureExtractor, feature_distances
 from medtrans.metrics.presets import Preset, evaluate_pair, get_preset
@@ -96,14 +96,6 @@ def _jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     return obj
-
-
-def refuse_synthetic(volume, path: Path, role: str, allow: bool) -> None:
-    """A synthetic image (SYNTHETIC marking) may not stand for an acquisition unless the user says so."""
-    marking = volume.meta.get("synthetic")
-    if marking and not allow:
-        raise MedtransError(path, f"the {role} is marked synthetic ({marking[:80]}), not an acquisition",
-                            f"give the acquired {role}, or pass --allow-synthetic to use it anyway")
 
 
 def _same_grid(a, b) -> bool:

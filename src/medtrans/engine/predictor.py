@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medtrans.data.inputs import collect_inputs
+from medtrans.data.inputs import check_output_folder, check_sources, collect_inputs
 from medtrans.errors import MedtransError
 
 Net = Callable[[Tensor], Tensor]
@@ -45,7 +45,8 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedtransError(None, f"device {device!r} asked for but CUDA is not available",
-                            "use --device cpu or --device auto")
+                            "run on the CPU: predict/evaluate --device cpu, train --set device=cpu "
+                            "(or device: auto)")
     return torch.device(device)
 
 
@@ -248,34 +249,48 @@ class Predictor:
 
     def predict_paths(self, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                       fmt: str | None = None,
-                      progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
+                      progress: Callable[[str, int, int], None] | None = None,
+                      allow_synthetic: bool = False) -> list[Path]:
         """Translate every input and write ``<out_dir>/<subject>.nii.gz`` (or ``<subject>/`` DICOM).
 
         ``fmt`` is ``"nii"``, ``"dcm"`` or None (DICOM when the input was DICOM, else NIfTI).
-        ``progress(subject, done_slices, total_slices)`` is called as slices finish.
+        ``progress(subject, done_slices, total_slices)`` is called as slices finish. Every input is
+        read and checked (readable, modalities, geometry, not marked synthetic unless
+        ``allow_synthetic``) before anything is written; a failed run leaves no new empty ``out_dir``.
         """
         from medtrans.io import SyntheticInfo, load, save
 
         if fmt not in (None, "nii", "dcm"):
             raise MedtransError(None, f"unknown output format {fmt!r}", "use nii or dcm")
         out_dir = Path(out_dir)
+        check_output_folder(out_dir, [])
+        inputs = list(inputs)
         resolved = collect_inputs(inputs, self.sources)
         ids = [subject for subject, _, _ in resolved]
         if len(set(ids)) != len(ids):
             dup = sorted({s for s in ids if ids.count(s) > 1})
             raise MedtransError(out_dir, f"two inputs give the same output name {', '.join(dup)}",
                                 "rename the inputs or translate them into different output folders")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        inputs = [*map(Path, inputs), *(p for _, paths, _ in resolved for p in paths.values())]
+        check_output_folder(out_dir, inputs)
+        for _, paths, _ in resolved:  # read everything once before writing anything
+            check_sources({m: load(p, modality=m) for m, p in paths.items()}, paths, allow_synthetic)
+        created = not out_dir.exists()
         written = []
-        for subject, paths, is_dicom in resolved:
-            volumes = {m: load(p, modality=m) for m, p in paths.items()}
-            reference = volumes[self.sources[0]]
-            tick = None if progress is None else functools.partial(progress, subject)
-            synthetic = self.predict_subject(volumes, progress=tick)
-            as_dicom = fmt == "dcm" or (fmt is None and is_dicom)
-            target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
-            info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]), method=self.method_name,
-                                 target=self.plan.target)
-            written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
+        try:
+            for subject, paths, is_dicom in resolved:
+                volumes = {m: load(p, modality=m) for m, p in paths.items()}
+                reference = volumes[self.sources[0]]
+                tick = None if progress is None else functools.partial(progress, subject)
+                synthetic = self.predict_subject(volumes, progress=tick)
+                as_dicom = fmt == "dcm" or (fmt is None and is_dicom)
+                target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
+                info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]),
+                                     method=self.method_name, target=self.plan.target)
+                written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
+        except BaseException:
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            raise
         return written
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -127,10 +128,13 @@ def staged(final: Path) -> Iterator[Path]:
     first and ``final`` last, each with ``os.replace`` (atomic on one file system); on error the
     staging folder is removed and nothing appears at the destination. A folder written in place of
     a non-empty one (the caller has checked it may go) swaps in with two renames; the old one leaves
-    with the staging folder.
+    with the staging folder. Staging folders of the same ``final`` left by a killed run are removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):  # left by a killed run
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield stage / final.name

@@ -51,8 +51,7 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
     ``series_uid`` picks one series from a DICOM folder that holds several.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise MedtransError(path, "does not exist", "check the path and the current directory")
+    _check_readable(path)
     if path.is_dir():
         volume = dicom.read_folder(path, modality, series_uid)
     else:
@@ -66,6 +65,21 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
     if modality is None and target:  # what a prediction synthesises beats names guessed from files/tags
         volume.meta.update(modality=target, units=units_for(target))
     return volume
+
+
+def _check_readable(path: Path) -> None:
+    """A missing path or one the user may not read gets its own message, not "truncated or corrupt"."""
+    try:
+        if not path.exists():
+            raise MedtransError(path, "does not exist", "check the path and the current directory")
+        for file in [f for f in path.iterdir() if f.is_file()] if path.is_dir() else [path]:
+            with open(file, "rb"):
+                pass
+    except PermissionError as err:
+        denied = Path(err.filename) if err.filename else path
+        raise MedtransError(denied, "permission denied: you may not read this file or folder",
+                            "ask its owner for read access (e.g. chmod u+r), or copy it somewhere you "
+                            "can read it") from None
 
 
 def marked_target(volume: Volume) -> str | None:
