@@ -120,9 +120,16 @@ def refuse_synthetic(volume: Any, path: Path, role: str, allow: bool) -> None:
                             f"give the acquired {role}, or pass --allow-synthetic to use it anyway")
 
 
-def _input_folders(paths: Iterable[Path]) -> list[Path]:
-    """Folders the inputs live in: each folder given or found, and the folder of each file."""
-    return sorted({(p if p.is_dir() else p.parent).resolve() for p in paths})
+def _input_folders(paths: Iterable[Path]) -> dict[Path, bool]:
+    """Folder -> whether outputs inside it are refused too: every folder given or found, and the
+    subject folder of a ``<modality>.<ext>`` file (True); the folder that merely holds another image
+    file refuses only being the output folder itself (False)."""
+    found: dict[Path, bool] = {}
+    for p in paths:
+        stem = None if p.is_dir() else image_stem(p.name)
+        folder = (p if p.is_dir() else p.parent).resolve()
+        found[folder] = found.get(folder, False) or p.is_dir() or (stem is not None and is_known(stem))
+    return found
 
 
 def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
@@ -133,8 +140,8 @@ def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
         raise MedtransError(out_dir, "-o is an existing file, not a folder",
                             f"give a folder for the outputs, e.g. -o {suggestion}")
     out = out_dir.resolve()
-    for folder in _input_folders(inputs):
-        if out == folder or folder in out.parents:
+    for folder, inside in sorted(_input_folders(inputs).items()):
+        if out == folder or (inside and folder in out.parents):
             suggestion = folder.parent / f"{folder.name}-synthetic"
             raise MedtransError(out_dir, f"the output folder is or lies inside the input folder {folder}",
                                 f"write the synthetic images outside the inputs, e.g. -o {suggestion}")

@@ -45,7 +45,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedtransError(None, f"device {device!r} asked for but CUDA is not available",
-                            "run on the CPU: predict/evaluate --device cpu, train --set device=cpu "
+                            "run on the CPU: predict --device cpu, train --set device=cpu "
                             "(or device: auto)")
     return torch.device(device)
 
