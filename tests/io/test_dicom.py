@@ -245,3 +245,7 @@ def test_rt_dose_multiframe_grid_is_read_by_its_frame_offsets(tmp_path):
     absolute = tmp_path / "dose_absolute.dcm"
     ds.save_as(absolute)
     np.testing.assert_allclose(load(absolute).affine, volume.affine, atol=1e-6)
+    assert volume.meta["units"] == "a.u."  # DoseUnits RELATIVE
+    ds.DoseUnits = "GY"
+    ds.save_as(absolute)
+    assert load(absolute).meta["units"] == "Gy"

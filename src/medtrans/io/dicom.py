@@ -249,6 +249,8 @@ def _volume(frames: list[_Slice], files: list[Path], header: Dataset, source: Pa
     meta["series_uid"] = str(header.get("SeriesInstanceUID", ""))
     meta["series_description"] = str(header.get("SeriesDescription", ""))
     meta["dicom_modality"] = tag
+    if tag == "RTDOSE" and str(header.get("DoseUnits", "")).upper() == "GY":
+        meta["units"] = "Gy"  # values were multiplied by DoseGridScaling
     if description.startswith("SYNTHETIC"):
         meta["synthetic"] = str(header.get("ImageComments", "") or description)
     return Volume(array, affine, meta)
