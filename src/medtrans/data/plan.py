@@ -21,10 +21,10 @@ import nibabel as nib
 import numpy as np
 
 from medtrans.atomic import write_json
-from medtrans.data.inspect import header_geometry
 from medtrans.data.layouts import Dataset
 from medtrans.data.modalities import canonical, family, units
 from medtrans.data.normalise import Normaliser, foreground
+from medtrans.data.survey import header_geometry
 from medtrans.errors import MedtransError
 from medtrans.io import Volume, load
 from medtrans.io.geometry import reorient, resample_like, resample_to_spacing

@@ -430,7 +430,7 @@ class Trainer:
                         _console().print(f"interrupted after step {p.step}: checkpoints/last written; "
                                          f"continue with medtrans train --resume {self.run_dir}",
                                          markup=False, highlight=False)
-                        break
+                        raise KeyboardInterrupt(f"training interrupted after step {p.step}")
         finally:
             log.close()
         return self.run_dir
@@ -545,7 +545,8 @@ def train(config: Config, run_dir: str | os.PathLike | None = None,
 
     ``resume`` continues the run in that folder from ``checkpoints/last`` (``run_dir`` is then ignored);
     ``stop_after`` ends this session after that many steps (for time-limited jobs; resume later);
-    ``time_limit`` after that many seconds of training.
+    ``time_limit`` after that many seconds of training. Ctrl-C stops after the current step, writes
+    ``checkpoints/last`` and raises KeyboardInterrupt.
     """
     config, folder = prepare_run_dir(config, None if run_dir is None else Path(run_dir),
                                      None if resume is None else Path(resume))
