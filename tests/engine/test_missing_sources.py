@@ -84,3 +84,28 @@ def test_a_run_without_dropout_refuses_a_missing_source(flair_data: Path, make_c
     t1 = load(flair_data / "sub-004" / "t1.nii.gz", modality="t1")
     with pytest.raises(MedtransError, match="missing modality t2.*not trained with data.source_dropout"):
         predictor.predict_subject({"t1": t1})
+
+
+def test_predict_cli_translates_a_subject_missing_a_source_and_says_so(
+        flair_data: Path, make_config: Callable[..., Config], tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from medtrans.cli import _register, app
+
+    _register()
+    config = make_config(flair_data, **{"data.sources": ["t1", "t2"], "data.target": "flair",
+                                        "data.source_dropout": 0.5, "optim.steps": 2,
+                                        "logging.tensorboard": False})
+    run = train(config, run_dir=tmp_path / "run")
+    subject = tmp_path / "inputs" / "sub-004"
+    subject.mkdir(parents=True)
+    shutil.copy(flair_data / "sub-004" / "t1.nii.gz", subject / "t1.nii.gz")  # no t2
+    result = CliRunner().invoke(app, ["predict", str(run), str(subject), "-o", str(tmp_path / "out"),
+                                      "--checkpoint", "last", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "sub-004: translated without t2" in result.output
+    written = load(tmp_path / "out" / "sub-004.nii.gz")
+    assert "sources missing: t2" in written.meta["synthetic"]
+    assert written.shape == load(subject / "t1.nii.gz").shape

@@ -69,4 +69,6 @@ def predict(
     seconds = time.perf_counter() - start
     for path in written:
         typer.echo(str(path))
+    for note in predictor.notes:
+        console.print(note, highlight=False)
     console.print(f"{len(written)} synthetic volume(s) from {predictor.name} in {seconds:.1f} s → {out}")

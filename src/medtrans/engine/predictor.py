@@ -61,6 +61,8 @@ class Predictor:
     sampling: Sampling = field(default_factory=Sampling)
     amp: bool = False
     memory_format: torch.memory_format | None = None
+    #: what ``predict_paths`` wants the user to know (e.g. a subject translated without some sources)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, which: str = "best", device: str = "auto",
@@ -207,6 +209,9 @@ class Predictor:
                 target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
                 missing = [m for m in self.sources if m not in volumes]
                 method = self.method_name + (f" (sources missing: {', '.join(missing)})" if missing else "")
+                if missing:
+                    self.notes.append(f"{subject}: translated without {', '.join(missing)} (absent; the run "
+                                      "was trained with source dropout)")
                 info = SyntheticInfo(model=self.name, source=str(paths[first]), method=method,
                                      target=self.plan.target)
                 written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
