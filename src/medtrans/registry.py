@@ -75,4 +75,6 @@ METHODS = Registry("method", {
     "flow": "medtrans.methods.flow",
     "nflow": "medtrans.methods.nflow",
     "syndiff": "medtrans.methods.syndiff",
+    "cvae": "medtrans.methods.cvae",
+    "unit": "medtrans.methods.unit",
 })

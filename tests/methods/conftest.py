@@ -20,19 +20,20 @@ def _train(
     lr: float = 1e-3,
     groups: tuple[str, ...] | None = None,
 ) -> list[dict[str, float]]:
-    """Run one step per batch (of ``groups``, default all); returns the terms ``group/name`` per step."""
+    """Run one step per batch (of ``groups``, default all; ``step`` counts from 0 as in the trainer);
+    returns the terms ``group/name`` per step."""
     groups = groups or method.groups
     optimizers = {
         g: torch.optim.Adam(method.group_parameters(g), lr=lr, **method.optimizer_settings(g)) for g in groups
     }
     history = []
-    for batch in batches:
+    for step, batch in enumerate(batches):
         logged = {}
         for group in groups:
             others = [p for g in method.groups if g != group for p in method.group_parameters(g)]
             for p in others:
                 p.requires_grad_(False)
-            terms = method.losses(batch, group)
+            terms = method.losses(batch, group, step)
             optimizers[group].zero_grad(set_to_none=True)
             torch.stack(list(terms.values())).sum().backward()
             optimizers[group].step()

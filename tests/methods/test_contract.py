@@ -18,6 +18,7 @@ from medtrans.registry import METHODS
 
 #: constructor arguments that make a method tiny (a method may need its own: add it here)
 TINY: dict[str, dict] = {
+    "unit": {"backbone": {"name": "resnet", "width": 4, "n_blocks": 2, "n_down": 1}},
     "syndiff": {"discriminator": {"name": "timed_patchgan", "width": 4, "n_layers": 1, "time_dim": 16},
                 "nz": 8},
 }

@@ -79,8 +79,49 @@ class ImagePool(nn.Module):
         self.images = list(stored.reshape(shape).unbind(0)) if rank else []
 
 
+class DomainDiscriminators:
+    """Group ``d`` of a two-domain unpaired method (CycleGAN, UNIT), mixed into a ``Method``.
+
+    One discriminator per domain (``d_a``, ``d_b``) judges its real images (→ 1) against generated
+    ones drawn through an image history pool (→ 0), each loss halved as in the original. The method's
+    ``g`` step caches ``self._fakes = (real_a, fake_a, fake_b)`` (detached); a ``d`` step without that
+    ``g`` step calls the method's ``_fakes_now(real_a, real_b) -> (fake_a, fake_b)``.
+    """
+
+    gan_loss: str
+    _fakes: tuple[Tensor, Tensor, Tensor] | None
+
+    def _init_discriminators(self, spec: dict[str, Any] | None, spatial_dims: int, channels_a: int,
+                             channels_b: int, pool_size: int, seed: int, gan_loss: str) -> None:
+        spec = spec or {"name": "patchgan"}
+        self.d_a = build_discriminator(spec, spatial_dims, channels_a)
+        self.d_b = build_discriminator(spec, spatial_dims, channels_b)
+        self.pool_a = ImagePool(pool_size, seed)
+        self.pool_b = ImagePool(pool_size, seed + 1)
+        self.gan_loss = check_choice("gan_loss", gan_loss, GAN_LOSSES)
+        self._fakes = None
+
+    def _fakes_now(self, real_a: Tensor, real_b: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _discriminator_losses(self, real_a: Tensor, real_b: Tensor) -> dict[str, Tensor]:
+        if self._fakes is not None and self._fakes[0] is real_a:
+            fake_a, fake_b = self._fakes[1:]
+        else:  # d stepped without the g step of this batch: make the fakes now
+            with torch.no_grad():
+                fake_a, fake_b = self._fakes_now(real_a, real_b)
+        self._fakes = None
+        fake_a, fake_b = self.pool_a.query(fake_a), self.pool_b.query(fake_b)
+        return {"a": self._judge(self.d_a, real_a, fake_a), "b": self._judge(self.d_b, real_b, fake_b)}
+
+    def _judge(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+        """Discriminator loss on real → 1 and fake → 0, halved as in the original."""
+        real_term = gan_loss(discriminator(real), True, self.gan_loss)
+        return 0.5 * (real_term + gan_loss(discriminator(fake), False, self.gan_loss))
+
+
 @METHODS.register("cyclegan")
-class CycleGAN(Method):
+class CycleGAN(DomainDiscriminators, Method):
     """Two generators (A→B, B→A), two PatchGANs, cycle and identity losses, image pools.
 
     Args:
@@ -114,18 +155,13 @@ class CycleGAN(Method):
     ) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
         backbone = backbone or {"name": "resnet"}
-        discriminator = discriminator or {"name": "patchgan"}
         self.g_ab = build_backbone(backbone, spatial_dims, in_channels, out_channels)
         self.g_ba = build_backbone(backbone, spatial_dims, out_channels, in_channels)
-        self.d_a = build_discriminator(discriminator, spatial_dims, in_channels)
-        self.d_b = build_discriminator(discriminator, spatial_dims, out_channels)
-        self.pool_a = ImagePool(pool_size, seed)
-        self.pool_b = ImagePool(pool_size, seed + 1)
+        self._init_discriminators(discriminator, spatial_dims, in_channels, out_channels, pool_size, seed,
+                                  gan_loss)
         self.lambda_a, self.lambda_b = float(lambda_a), float(lambda_b)
         self.lambda_identity = float(lambda_identity) if in_channels == out_channels else 0.0
-        self.gan_loss = check_choice("gan_loss", gan_loss, GAN_LOSSES)
         self.betas = (float(betas[0]), float(betas[1]))
-        self._fakes: tuple[Tensor, Tensor, Tensor] | None = None  # (source, fake A, fake B), detached
 
     def group_parameters(self, group: str) -> Iterator[nn.Parameter]:
         check_choice("optimiser group", group, self.groups)
@@ -155,19 +191,10 @@ class CycleGAN(Method):
                     self.lambda_identity * self.lambda_a * reconstruction(self.g_ba(real_a), real_a)
                 )
             return terms
-        if self._fakes is not None and self._fakes[0] is real_a:
-            fake_a, fake_b = self._fakes[1:]
-        else:  # d stepped without the g step of this batch: make the fakes now
-            with torch.no_grad():
-                fake_a, fake_b = self.g_ba(real_b), self.g_ab(real_a)
-        self._fakes = None
-        fake_a, fake_b = self.pool_a.query(fake_a), self.pool_b.query(fake_b)
-        return {"a": self._judge(self.d_a, real_a, fake_a), "b": self._judge(self.d_b, real_b, fake_b)}
+        return self._discriminator_losses(real_a, real_b)
 
-    def _judge(self, discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-        """Discriminator loss on real → 1 and fake → 0, halved as in the original."""
-        real_term = gan_loss(discriminator(real), True, self.gan_loss)
-        return 0.5 * (real_term + gan_loss(discriminator(fake), False, self.gan_loss))
+    def _fakes_now(self, real_a: Tensor, real_b: Tensor) -> tuple[Tensor, Tensor]:
+        return self.g_ba(real_b), self.g_ab(real_a)
 
     def sample(self, source: Tensor, steps: int | None, noise: Noise | None) -> Tensor:
         return self.g_ab(source)
