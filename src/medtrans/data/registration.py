@@ -36,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "metric": "auto",  # auto: correlation within one MR weighting, mutual information otherwise
     "shrink": [4, 2, 1],  # pyramid levels (downsampling factors), coarse to fine
     "iterations": 200,  # per level, at most
-    "sampling": 0.25,  # fraction of voxels the metric samples (random, seeded)
+    "sampling": 0.25,  # fraction of voxels the metric samples (random, seeded) …
+    "max_samples": 50000,  # … but no more than this many per pyramid level (the cost at full size)
     "seed": 0,
     "mask": "source",  # the dataset mask lies in the first source's frame ("source") or the target's
     "max_motion_mm": 20.0,  # flag: mean displacement of the mask larger than this
@@ -150,9 +151,13 @@ def register(fixed: Volume, moving: Volume, kind: str = "rigid", metric: str = "
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=_BINS)
     else:
         method.SetMetricAsCorrelation()
+    # no level coarser than 8 voxels along the smallest axis
+    shrink = [s for s in opts["shrink"] if size.min() // s >= 8] or [1]
     method.SetMetricSamplingStrategy(method.RANDOM)
+    fractions = [min(float(opts["sampling"]), float(opts["max_samples"]) / float(np.prod(size // s)))
+                 for s in shrink]
     # ITK reads seed 0 as "seed from the wall clock" (sitkWallClock): shift by one to stay reproducible
-    method.SetMetricSamplingPercentage(float(opts["sampling"]), int(opts["seed"]) + 1)
+    method.SetMetricSamplingPercentagePerLevel(fractions, int(opts["seed"]) + 1)
     if fixed_mask is not None:
         method.SetMetricFixedMask(_image(fixed_mask)[0] > 0.5)
     method.SetInterpolator(sitk.sitkLinear)
@@ -160,8 +165,6 @@ def register(fixed: Volume, moving: Volume, kind: str = "rigid", metric: str = "
         learningRate=2.0, minStep=1e-4, numberOfIterations=int(opts["iterations"]),
         relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
-    # no level coarser than 8 voxels along the smallest axis
-    shrink = [s for s in opts["shrink"] if size.min() // s >= 8] or [1]
     method.SetShrinkFactorsPerLevel(shrink)
     method.SetSmoothingSigmasPerLevel([max(0.0, (s - 1) / 2.0) for s in shrink])
     method.SetInitialTransform(initial, inPlace=False)
