@@ -103,7 +103,7 @@ def test_same_seed_same_files_other_seed_other_subjects(tmp_path) -> None:
     a, b = write_phantom(tmp_path / "a", spec, 2), write_phantom(tmp_path / "b", spec, 2, workers=2)
     c = write_phantom(tmp_path / "c", PhantomSpec(anatomy="brain", size=(24, 24, 12), seed=6), 2)
     files = sorted(p.relative_to(a) for p in a.rglob("*.nii.gz"))
-    assert len(files) == 2 * 12
+    assert len(files) == 2 * (12 + 10)  # 10 modalities, mask, labels; 10 noise-free truth images
     for rel in files:
         assert np.array_equal(_read(a / rel), _read(b / rel)), rel
     assert not np.array_equal(_read(a / "sub-000/t1.nii.gz"), _read(c / "sub-000/t1.nii.gz"))
@@ -155,7 +155,10 @@ def test_phantom_cli_writes_the_generic_layout(tmp_path, run_cli) -> None:
         "labels.nii.gz",
         "mask.nii.gz",
         "t1.nii.gz",
+        "truth",
     ]
+    truth = tmp_path / "ph" / "sub-001" / "truth"
+    assert sorted(p.name for p in truth.iterdir()) == ["ct.nii.gz", "t1.nii.gz"]
     assert _read(tmp_path / "ph" / "sub-001" / "t1.nii.gz").shape == (32, 32, 1)
 
 

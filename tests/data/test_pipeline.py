@@ -325,7 +325,7 @@ def test_modalities_on_different_grids_are_resampled_onto_the_targets(tiny3d) ->
     ct_aff = np.diag([2.0, 2.0, 2.0, 1.0])
     ct_aff[:3, 3] = 0.5  # the 2 mm grid covers the same field of view as the 1 mm one
     ct = Volume(np.full((8, 8, 4), 40.0, np.float32), ct_aff)
-    arrays, mask, stats, affine = plan.prepare_subject({"t1": t1, "ct": ct})
+    arrays, mask, stats, affine, _, _ = plan.prepare_subject({"t1": t1, "ct": ct})
     assert arrays["t1"].shape == arrays["ct"].shape == mask.shape == (8, 8, 4)
     assert np.array_equal(affine, ct_aff)
     # t1 sampled at the 2 mm voxel centres (1 mm index 0.5, 2.5, …), then normalised with its own stats

@@ -40,6 +40,21 @@ def _table(info: dict) -> Table:
     return table
 
 
+def alignment_report(path: Path, worst: int = 5) -> str:
+    """Flagged and worst-aligned pairs of an alignment.csv (a folder holding one is accepted)."""
+    from medtrans.data import registration as reg
+    from medtrans.errors import MedtransError
+
+    csv_path = path / "alignment.csv" if path.is_dir() else path
+    if not csv_path.is_file():
+        raise MedtransError(csv_path, "no alignment QA file",
+                            "make one: medtrans plan DATASET … --register rigid")
+    rows = reg.read_csv(csv_path)
+    flagged = [r for r in rows if r["flagged"]]
+    lines = [f"alignment {csv_path}: {len(rows)} pair(s), {len(flagged)} flagged; worst:"]
+    return "\n".join(lines + [f"  - {line}" for line in reg.worst_pairs(rows, max(worst, len(flagged)))])
+
+
 @app.command("info")
 def info(
     path: Path = typer.Argument(..., help="An image file (.nii.gz, .dcm, .mha, .nrrd, .npy, .png, .tif), "
@@ -48,6 +63,10 @@ def info(
     modality: str = typer.Option(None, "--modality", help="Modality to report when the name says none."),
     layout: str = typer.Option(None, "--layout", help="Layout of a dataset folder (default: detect)."),
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
+    alignment: Path = typer.Option(
+        None, "--alignment", help="A dataset's alignment.csv (written by medtrans plan --register): "
+        "report the worst and the flagged pairs."
+    ),
 ) -> None:
     """Print shape, spacing, orientation, affine, dtype, range and modality of an image or DICOM series.
 
@@ -62,6 +81,8 @@ def info(
         from medtrans.data.survey import dataset_report
 
         typer.echo(dataset_report(path, layout))
+        if alignment is not None:
+            typer.echo(alignment_report(alignment))
         return
     description = describe(path, modality=modality, series_uid=series)
     if as_json:

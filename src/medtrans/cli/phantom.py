@@ -34,6 +34,20 @@ def parse_size(text: str, dims: int) -> tuple[int, int, int]:
     return (values[0], values[1], values[2] if dims == 3 else 1)
 
 
+def parse_misalign(text: str) -> tuple[float, float]:
+    """'6,6' → (6.0 mm, 6.0 degrees)."""
+    from medtrans.errors import MedtransError
+
+    try:
+        mm, deg = (float(v) for v in text.split(","))
+    except ValueError:
+        mm = deg = -1.0
+    if mm < 0 or deg < 0 or deg > 45:
+        raise MedtransError(None, f"--misalign {text!r} is not MM,DEG (two numbers ≥ 0, degrees ≤ 45)",
+                            "write it like 4,4 (up to 4 mm and 4 degrees)")
+    return mm, deg
+
+
 @app.command("phantom")
 def phantom(
     out: Path = typer.Argument(..., help="Output folder (new or empty): OUT/<subject>/<modality>.nii.gz."),
@@ -55,11 +69,18 @@ def phantom(
         min(2, os.cpu_count() or 1), "--workers", min=1, help="Subjects simulated in parallel processes."
     ),
     force: bool = typer.Option(False, "--force", help="Write into OUT even if it is not empty."),
+    misalign: str = typer.Option(
+        None,
+        "--misalign",
+        help="MM,DEG: move each modality after the first by a random rigid transform up to MM mm and "
+        "DEG degrees (written to dataset.json), to try registration.",
+    ),
 ) -> None:
     """Simulate subjects with MR (T1, T2, PD, FLAIR, T1ce), CT, CBCT, PET and low-dose CT/PET.
 
-    Each subject gets its modalities, mask.nii.gz (body) and labels.nii.gz (tissue classes);
-    dataset.json records units, label names and every simulation parameter.
+    Each subject gets its modalities, mask.nii.gz (body), labels.nii.gz (tissue classes) and
+    truth/<modality>.nii.gz (the signal without noise or bias field); dataset.json records units,
+    label names, every simulation parameter and, with --misalign, each modality's applied motion.
 
     Example: medtrans phantom data/phantom --subjects 20 --anatomy brain --size 128x128x96 --seed 0
     """
@@ -83,7 +104,8 @@ def phantom(
         raise MedtransError(
             out, "exists and is not an empty folder", "give a new folder, or add --force to write into it"
         )
-    spec = PhantomSpec(anatomy=anatomy, size=grid, modalities=chosen, seed=seed)
+    spec = PhantomSpec(anatomy=anatomy, size=grid, modalities=chosen, seed=seed,
+                       misalign=parse_misalign(misalign) if misalign else (0.0, 0.0))
     start = time.perf_counter()
     write_phantom(
         out, spec, subjects, dims=dims, workers=workers, progress=lambda sid: typer.echo(f"  {sid}", err=True)

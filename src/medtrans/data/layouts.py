@@ -23,6 +23,8 @@ from medtrans.registry import LAYOUTS
 
 MASK_NAMES = {"mask", "brainmask", "body_mask", "bodymask"}
 LABEL_NAMES = {"labels", "label", "seg", "segmentation"}
+#: folders no layout reads subjects or images from: the phantom's noise-free ``<subject>/truth/`` images
+IGNORED_DIRS = {"truth"}
 
 
 @dataclass
@@ -93,7 +95,8 @@ def _files(folder: Path) -> list[Path]:
 
 def _dirs(folder: Path) -> list[Path]:
     with os.scandir(folder) as it:
-        return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))
+        return sorted(Path(e.path) for e in it
+                      if e.is_dir() and not e.name.startswith(".") and e.name not in IGNORED_DIRS)
 
 
 class Layout(ABC):

@@ -102,6 +102,8 @@ class PhantomSpec:
     size: tuple[int, int, int] = (128, 128, 96)
     modalities: tuple[str, ...] = MODALITIES
     seed: int = 0
+    #: (mm, degrees): each modality after the first is moved by a random rigid transform up to this size
+    misalign: tuple[float, float] = (0.0, 0.0)
 
     @property
     def spacing(self) -> float:
@@ -120,12 +122,17 @@ class PhantomSpec:
 
 @dataclass
 class Subject:
-    """One simulated subject: images by modality, tissue labels, body mask and every parameter."""
+    """One simulated subject: images by modality, tissue labels, body mask and every parameter.
+
+    ``truth`` holds each modality's noise-free signal (MR also without its bias field), in the same
+    units and grid: what a perfect model could predict, to score against beside the acquired image.
+    """
 
     images: dict[str, np.ndarray]
     labels: np.ndarray
     mask: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- fields
@@ -448,7 +455,8 @@ def _rician(rng: np.random.Generator, clean: np.ndarray, sigma: float) -> np.nda
 
 
 def _mr(rng: np.random.Generator, name: str, pd: np.ndarray, r1: np.ndarray, r2: np.ndarray,
-        scanner: dict[str, float], h: float) -> tuple[np.ndarray, dict[str, float]]:
+        scanner: dict[str, float], h: float) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(acquired image, noise- and bias-free signal in the same units, protocol and scanner values)."""
     seq = SEQUENCES[name]
     recovery = np.exp(-np.float32(seq["tr"]) * r1)
     if "ti" in seq:
@@ -456,6 +464,7 @@ def _mr(rng: np.random.Generator, name: str, pd: np.ndarray, r1: np.ndarray, r2:
     else:
         longitudinal = 1.0 - recovery
     clean = pd * longitudinal * np.exp(-np.float32(seq["te"]) * r2)
+    truth = clean.copy()
     bias_amp = rng.uniform(*SCANNER["mr_bias"])
     clean *= np.exp(np.float32(bias_amp) * smooth_field(rng, pd.shape, 150.0, h))
     noise = rng.uniform(*SCANNER["mr_noise"])
@@ -463,7 +472,8 @@ def _mr(rng: np.random.Generator, name: str, pd: np.ndarray, r1: np.ndarray, r2:
     gain = rng.uniform(*SCANNER["mr_gain"])
     # stored as integers, as scanners do (the noise is many integer steps wide)
     image = np.rint(_rician(rng, clean, noise * ref) * np.float32(gain)).astype(np.int16)
-    return image, {**seq, "bias_log_amplitude": round(bias_amp, 4), "noise_fraction": round(noise, 4),
+    truth *= np.float32(gain)
+    return image, truth, {**seq, "bias_log_amplitude": round(bias_amp, 4), "noise_fraction": round(noise, 4),
                    "gain": round(gain, 2)}
 
 
@@ -496,6 +506,7 @@ def simulate(spec: PhantomSpec, index: int) -> Subject:
     fr, h, shape = canvas.fractions, canvas.h, canvas.shape
     scanner: dict[str, Any] = {}
     images: dict[str, np.ndarray] = {}
+    truth: dict[str, np.ndarray] = {}
     wanted = set(spec.modalities)
 
     def stream(name: str) -> np.random.Generator:
@@ -511,7 +522,7 @@ def simulate(spec: PhantomSpec, index: int) -> Subject:
               for key in {"r1ce" if m == "t1ce" else "r1" for m in SEQUENCES if m in wanted}}
         for name in [m for m in SEQUENCES if m in wanted]:
             r1_name = r1["r1ce" if name == "t1ce" else "r1"]
-            images[name], scanner[name] = _mr(stream(name), name, pd, r1_name, r2, SCANNER, h)
+            images[name], truth[name], scanner[name] = _mr(stream(name), name, pd, r1_name, r2, SCANNER, h)
     if wanted & {"ct", "ldct", "cbct"}:
         texture = smooth_field(np.random.default_rng([spec.seed, index, 100]), shape, 6.0, h)
         clean = _mix(fr, tissue, "hu") + texture * (150.0 * fr.get("bone", 0.0) + 5.0)
@@ -523,6 +534,7 @@ def simulate(spec: PhantomSpec, index: int) -> Subject:
                 noise = sigma / np.sqrt(dose)
                 r = base if name == "ct" else stream(name)
                 images[name] = _hu(blurred + r.standard_normal(shape, dtype=np.float32) * np.float32(noise))
+                truth[name] = np.clip(blurred, -1024, 3071).astype(np.float32)
                 scanner[name] = {"noise_hu": round(noise, 3), "psf_voxels": round(psf, 3), "dose": dose}
         if "cbct" in wanted:
             r = stream("cbct")
@@ -532,16 +544,19 @@ def simulate(spec: PhantomSpec, index: int) -> Subject:
             ii, jj = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape[:2]], indexing="ij")
             radial = (ii ** 2 + jj ** 2)[:, :, None]
             body = 1.0 - fr["background"]
-            img = (p["gain"] * blurred + p["offset"] - p["cupping"] * (1 - np.clip(radial, 0, 1)) * body
-                   + p["shading"] * smooth_field(r, shape, 120.0, h) * body
-                   + r.standard_normal(shape, dtype=np.float32) * np.float32(p["noise"]))
+            clean_cbct = (p["gain"] * blurred + p["offset"]
+                          - p["cupping"] * (1 - np.clip(radial, 0, 1)) * body
+                          + p["shading"] * smooth_field(r, shape, 120.0, h) * body)
+            img = clean_cbct + r.standard_normal(shape, dtype=np.float32) * np.float32(p["noise"])
             outside = np.broadcast_to(radial > p["fov"] ** 2, shape).copy()
             if shape[2] > 4:
                 cut = max(1, int(round(0.06 * shape[2])))
                 outside[:, :, :cut] = True
                 outside[:, :, -cut:] = True
             img[outside] = -1000.0
+            clean_cbct[outside] = -1000.0
             images["cbct"] = _hu(img)
+            truth["cbct"] = np.clip(clean_cbct, -1024, 3071).astype(np.float32)
             scanner["cbct"] = {k: round(v, 4) for k, v in p.items()}
     if wanted & {"pet", "ldpet"}:
         r = stream("pet")
@@ -556,12 +571,13 @@ def simulate(spec: PhantomSpec, index: int) -> Subject:
             if name in wanted:
                 draw = stream(name) if name == "ldpet" else r
                 images[name] = _pet_counts(draw, activity, per_unit * dose)
+                truth[name] = ndimage.gaussian_filter(activity, sigma=_sigma(0.8, shape)).astype(np.float32)
                 scanner[name] = {"suv_wm": round(suv, 4), "psf_fwhm_mm": round(fwhm, 3), "dose": dose,
                                  "counts_per_suv": round(per_unit * dose, 4)}
     mask = (fr["background"] < 0.5).astype(np.uint8)
     params = {"tissues": {k: {p: round(v, 4) for p, v in t.items()} for k, t in tissue.items() if k in fr},
               "anatomy": anatomy, "scanner": scanner}
-    return Subject(images=images, labels=canvas.labels(), mask=mask, params=params)
+    return Subject(images=images, labels=canvas.labels(), mask=mask, params=params, truth=truth)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -572,6 +588,42 @@ DESCRIPTIONS = {
     "cbct": "cone-beam CT: more noise, shading, cupping, limited field of view",
     "pet": "FDG-like PET (point-spread blur, Poisson counts)", "ldpet": "low-count PET (same subject)",
 }
+
+
+TRUTH_FOLDER = "truth"  # <subject>/truth/<modality>.nii.gz: the noise- and bias-free signal
+
+
+def misalignment(spec: PhantomSpec, index: int, modality: str) -> np.ndarray:
+    """4x4 RAS rigid motion of ``modality`` for subject ``index``: it maps a point of the reference
+    (first) modality's anatomy, in world mm, to where that anatomy lies in this modality's image.
+
+    Translation of a random direction and 0.5–1 × ``misalign[0]`` mm, rotation about a random axis
+    through the grid centre by 0.5–1 × ``misalign[1]`` degrees (in-plane only for a 2D phantom).
+    """
+    from scipy.spatial.transform import Rotation
+
+    mm, deg = spec.misalign
+    rng = np.random.default_rng([spec.seed, index, 200 + MODALITIES.index(modality)])
+    flat = spec.size[2] == 1
+    shift, axis = rng.standard_normal(3), rng.standard_normal(3)
+    if flat:
+        shift[2], axis[:] = 0.0, (0.0, 0.0, 1.0)
+    shift *= mm * rng.uniform(0.5, 1.0) / max(np.linalg.norm(shift), 1e-9)
+    angle = np.deg2rad(deg * rng.uniform(0.5, 1.0)) * rng.choice([-1.0, 1.0])
+    matrix = np.eye(4)
+    matrix[:3, :3] = Rotation.from_rotvec(axis / np.linalg.norm(axis) * angle).as_matrix()
+    matrix[:3, 3] = shift
+    return matrix
+
+
+def _moved(array: np.ndarray, affine: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    """``array`` with its anatomy moved by ``motion`` on the same grid (linear; integers stay integers)."""
+    from medtrans.io import Volume
+    from medtrans.io.geometry import resample_like
+
+    vol = Volume(array, affine)
+    out = np.asarray(resample_like(vol, vol, order=1, transform=np.linalg.inv(motion)).array)
+    return np.rint(out).astype(array.dtype) if np.issubdtype(array.dtype, np.integer) else out
 
 
 def subject_id(index: int, total: int) -> str:
@@ -587,9 +639,21 @@ def _write_subject(task: tuple[PhantomSpec, int, int, str]) -> tuple[str, dict[s
     subject = simulate(spec, index)
     folder = Path(out) / sid
     affine = spec.affine
+    moved = {}
+    if any(spec.misalign):
+        moved = {m: misalignment(spec, index, m) for m in spec.modalities[1:]}
+        subject.params["misalignment"] = {
+            m: {"matrix": mat.round(6).tolist(), "translation_mm": mat[:3, 3].round(4).tolist(),
+                "rotation_deg": round(float(np.rad2deg(np.arccos(np.clip((np.trace(mat[:3, :3]) - 1) / 2,
+                                                                           -1, 1)))), 4)}
+            for m, mat in moved.items()}
     for name, array in subject.images.items():
         meta = {"modality": name, "units": UNITS.get(name, "a.u."), "source": "medtrans phantom"}
+        clean = subject.truth[name]
+        if name in moved:
+            array, clean = _moved(array, affine, moved[name]), _moved(clean, affine, moved[name])
         save(Volume(array, affine, meta), folder / f"{name}.nii.gz")
+        save(Volume(clean, affine, {**meta, "truth": "noise-free"}), folder / TRUTH_FOLDER / f"{name}.nii.gz")
     save(Volume(subject.mask, affine, {"modality": "mask", "units": "label"}), folder / "mask.nii.gz")
     save(Volume(subject.labels, affine, {"modality": "labels", "units": "label"}), folder / "labels.nii.gz")
     return sid, subject.params
@@ -609,6 +673,14 @@ def dataset_description(spec: PhantomSpec, dims: int, subjects: dict[str, Any]) 
         "modalities": {m: {"units": UNITS.get(m, "a.u."), "description": DESCRIPTIONS[m]}
                        for m in spec.modalities},
         "mask": "mask.nii.gz: 1 inside the body (head or pelvis), 0 outside",
+        "truth": {"folder": TRUTH_FOLDER, "files": f"<subject>/{TRUTH_FOLDER}/<modality>.nii.gz",
+                  "description": "each modality's signal without noise (MR also without its bias field), "
+                                 "same grid, affine and units as the acquired image"},
+        "misalignment": ({"reference": spec.modalities[0], "max_mm": spec.misalign[0],
+                          "max_deg": spec.misalign[1],
+                          "matrix": "4x4 RAS: a point of the reference modality's anatomy (world mm) to "
+                                    "where it lies in this modality's image; mask and labels stay with "
+                                    "the reference"} if any(spec.misalign) else None),
         "labels": {str(i): name for i, name in enumerate(LABELS)},
         "tissue_ranges": {k: {p: list(v) for p, v in t.items()} for k, t in TISSUES.items()},
         "sequences_ms": SEQUENCES,

@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from medtrans.atomic import write_json
+from medtrans.data import registration as reg
 from medtrans.data.layouts import Dataset
 from medtrans.data.modalities import canonical, family, units
 from medtrans.data.normalise import Normaliser, foreground
@@ -48,7 +50,23 @@ _FIELDS = (
     "subjects",
     "layout",
     "dataset_root",
+    "registration",
+    "bias_correction",
+    "exclude",
 )
+
+
+class PreparedSubject(NamedTuple):
+    """One subject's training arrays in model space and how its sources were aligned."""
+
+    arrays: dict[str, np.ndarray]
+    mask: np.ndarray
+    stats: dict[str, dict[str, float]]
+    affine: np.ndarray
+    #: per source: 4x4 RAS transform (target world → source world); empty without registration
+    transforms: dict[str, np.ndarray]
+    #: per source: one ``alignment.csv`` row (registration.QA_COLUMNS); empty without registration
+    qa: list[dict[str, Any]]
 
 
 @dataclass
@@ -105,6 +123,12 @@ class Plan:
     subjects: list[str] = field(default_factory=list)
     layout: str = ""
     dataset_root: str = ""
+    #: None: no registration and no alignment QA; else the registration block (registration.DEFAULTS)
+    registration: dict[str, Any] | None = None
+    #: MR modality → N4 options (registration.N4_DEFAULTS), applied before anything else
+    bias_correction: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: subjects left out (e.g. pairs flagged by the alignment QA)
+    exclude: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +146,9 @@ class Plan:
             "subjects": list(self.subjects),
             "layout": self.layout,
             "dataset_root": self.dataset_root,
+            "registration": self.registration,
+            "bias_correction": self.bias_correction,
+            "exclude": list(self.exclude),
         }
 
     def hash(self) -> str:
@@ -130,6 +157,11 @@ class Plan:
         key = {
             k: d[k] for k in ("sources", "target", "orientation", "spacing", "slice_axis", "normalisation")
         }
+        # only when set, so plans without them keep the hash (and the cache) they had
+        if self.registration is not None:
+            key["registration"] = reg.settings(self.registration)
+        if self.bias_correction:
+            key["bias_correction"] = {m: {**reg.N4_DEFAULTS, **o} for m, o in self.bias_correction.items()}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -200,6 +232,14 @@ class Plan:
                 errs.append(f"'normalisation.{m}' needs kind, params and reference")
                 continue
             errs += [f"'normalisation.{m}': {p}" for p in norms[m].problems()]
+        registration = data.get("registration")
+        if registration is not None:
+            errs += reg.problems(registration)
+        bias = data.get("bias_correction") or {}
+        errs += reg.n4_problems(bias)
+        exclude = data.get("exclude") or []
+        if not (isinstance(exclude, list) and all(isinstance(s, str) for s in exclude)):
+            errs.append("'exclude' must be a list of subject ids")
         if errs:
             raise MedtransError(path, "plan: " + "; ".join(errs), fix)
         return cls(
@@ -215,6 +255,9 @@ class Plan:
             subjects=list(data.get("subjects", [])),
             layout=str(data.get("layout", "")),
             dataset_root=str(data.get("dataset_root", "")),
+            registration=dict(registration) if registration is not None else None,
+            bias_correction={m: dict(o) for m, o in bias.items()},
+            exclude=list(exclude),
         )
 
     @classmethod
@@ -247,7 +290,10 @@ class Plan:
                 f"{dataset.layout}) has {', '.join(dataset.modalities) or 'no modality'}",
                 "use a plan made for this dataset: medtrans plan DATASET --source … --target …",
             )
-        return dataset.require(self.modalities, strict=strict)
+        usable = dataset.require(self.modalities, strict=strict)
+        if not self.exclude:
+            return usable
+        return replace(usable, subjects=[s for s in usable.subjects if s.id not in set(self.exclude)])
 
     # ------------------------------------------------------------------------------------ geometry
     def _grid(self, volume: Volume) -> Volume:
@@ -257,31 +303,63 @@ class Plan:
             return vol
         return resample_to_spacing(vol, self.spacing, order=1)
 
+    def correct(self, modality: str, volume: Volume) -> Volume:
+        """N4 bias-field correction when the plan asks for it for ``modality`` (training and prediction)."""
+        if modality not in self.bias_correction:
+            return volume
+        return reg.n4(volume, self.bias_correction[modality])
+
     def _normalise(self, modality: str, array: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         norm = self.normalisation[modality]
         stats = norm.stats(array)
         return norm.forward(array, stats), stats
 
     def prepare_subject(
-        self, volumes: dict[str, Volume], mask: Volume | None = None
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, dict[str, float]], np.ndarray]:
+        self, volumes: dict[str, Volume], mask: Volume | None = None, subject: str = ""
+    ) -> PreparedSubject:
         """Training arrays of one subject: every modality on the *target's* grid in model space.
 
-        Returns (normalised arrays by modality, uint8 mask, per-modality stats, model affine). The
-        mask is the dataset's (nearest neighbour) or, without one, the target's foreground.
+        Bias correction first (if planned); then, with a ``registration`` block, each source is
+        registered onto the target's model-space grid and the mask follows the first source (or stays,
+        with ``registration.mask: target``). The mask is the dataset's (nearest neighbour) or, without
+        one, the target's foreground.
         """
+        volumes = {m: self.correct(m, v) for m, v in volumes.items()}
         ref = self._grid(volumes[self.target])
+        ref_arr = np.asarray(ref.array, np.float32)
+        settings = reg.settings(self.registration)
+        transforms: dict[str, np.ndarray] = {}
+        if settings is not None:
+            fixed_mask = ref.with_array(ndimage.binary_dilation(self._foreground(ref_arr), iterations=2)
+                                        .astype(np.float32))
+            for m in self.sources:
+                transforms[m] = np.eye(4) if settings["kind"] == "none" else reg.register(
+                    ref, volumes[m], settings["kind"], reg.metric_for(m, self.target, settings["metric"]),
+                    settings, fixed_mask)
+        raw = {m: np.asarray(resample_like(volumes[m], ref, order=1, transform=transforms.get(m)).array,
+                             np.float32) for m in self.sources}
+        raw[self.target] = ref_arr
+        if mask is not None:
+            follow = transforms.get(self.sources[0]) if settings and settings["mask"] == "source" else None
+            mask_arr = np.asarray(resample_like(mask, ref, order=0, transform=follow).array) > 0
+        else:
+            mask_arr = self._foreground(ref_arr)
+        qa = []
+        if settings is not None:
+            points = reg.world_points(mask_arr, ref.affine)[:: max(1, int(mask_arr.sum()) // 20000)]
+            for m in self.sources:
+                before = np.asarray(resample_like(volumes[m], ref, order=1).array, np.float32)
+                metric = reg.metric_for(m, self.target, settings["metric"])
+                qa.append(reg.qa_row(subject, m, self.target, metric, ref_arr, before, raw[m], mask_arr,
+                                     transforms[m], points, settings))
         arrays, stats = {}, {}
         for m in self.modalities:
-            vol = ref if m == self.target else resample_like(volumes[m], ref, order=1)
-            arrays[m], stats[m] = self._normalise(m, np.asarray(vol.array, np.float32))
-        if mask is not None:
-            mask_arr = np.asarray(resample_like(mask, ref, order=0).array) > 0
-        elif family(self.target) == "ct":
-            mask_arr = np.asarray(ref.array) > -500
-        else:
-            mask_arr = foreground(np.asarray(ref.array))
-        return arrays, mask_arr.astype(np.uint8), stats, ref.affine
+            arrays[m], stats[m] = self._normalise(m, raw[m])
+        return PreparedSubject(arrays, mask_arr.astype(np.uint8), stats, ref.affine, transforms, qa)
+
+    def _foreground(self, array: np.ndarray) -> np.ndarray:
+        """The target's body: above −500 HU for CT, else the normaliser's foreground rule."""
+        return array > -500 if family(self.target) == "ct" else foreground(array)
 
     def to_model_space(self, volumes: dict[str, Volume],
                        allow_missing: bool = False) -> tuple[np.ndarray, ModelSpace]:
@@ -301,13 +379,14 @@ class Plan:
             )
         present = [m for m in self.sources if m in volumes]
         first = volumes[present[0]]
-        ref = self._grid(first)
         channels, stats = [], {}
+        first_corrected = self.correct(present[0], first)
+        ref = self._grid(first_corrected)
         for m in self.sources:
             if m in missing:
                 channels.append(np.zeros(ref.array.shape[:3], np.float32))
                 continue
-            vol = ref if m == present[0] else resample_like(volumes[m], ref, order=1)
+            vol = ref if m == present[0] else resample_like(self.correct(m, volumes[m]), ref, order=1)
             arr, stats[m] = self._normalise(m, np.asarray(vol.array, np.float32))
             channels.append(arr)
         target_stats: dict[str, float] = {}
@@ -361,10 +440,27 @@ def make_plan(
     max_intensity_subjects: int = 16,
     spacing: list[float] | None = None,
     patch_size: list[int] | None = None,
+    registration: str | dict[str, Any] | None = None,
+    bias_correction: list[str] | dict[str, dict[str, Any]] | None = None,
+    exclude: list[str] | None = None,
 ) -> Plan:
-    """Fingerprint ``dataset`` for the task sources → target and decide the preprocessing."""
+    """Fingerprint ``dataset`` for the task sources → target and decide the preprocessing.
+
+    ``registration``: None (off), a kind ("rigid", "affine", "none": QA only) or a full block;
+    ``bias_correction``: MR modalities to N4-correct (or modality → N4 options).
+    """
     sources = list(dict.fromkeys(canonical(s) for s in sources))
     target = canonical(target)
+    if isinstance(registration, str):
+        registration = {"kind": registration}
+    if isinstance(bias_correction, (list, tuple)):
+        bias_correction = {canonical(m): {} for m in bias_correction}
+    bias_correction = dict(bias_correction or {})
+    bad = (reg.problems(registration) if registration is not None else []) + reg.n4_problems(bias_correction)
+    bad += [f"bias correction for {m}, which is not in the task" for m in bias_correction
+            if m not in [*sources, target]]
+    if bad:
+        raise MedtransError(None, "; ".join(bad), "see docs/DATA.md, section Registration")
     if dims not in DIMS:
         raise MedtransError(None, f"dims {dims!r} is not known", f"use one of {', '.join(DIMS)}")
     if not sources:
@@ -405,7 +501,9 @@ def make_plan(
     for sid in picked:
         rec = usable.subject(sid)
         for m in modalities:
-            arr = np.asarray(load(rec.images[m], modality=m).array, np.float32)
+            vol = load(rec.images[m], modality=m)
+            arr = np.asarray((reg.n4(vol, bias_correction[m]) if m in bias_correction else vol).array,
+                             np.float32)
             fg = arr[foreground(arr)] if family(m) != "ct" else arr[arr > -500]
             fg = fg if fg.size else arr.ravel()
             p = np.percentile(fg, [0.5, 50, 99.5])
@@ -448,4 +546,7 @@ def make_plan(
         subjects=usable.ids,
         layout=dataset.layout,
         dataset_root=str(dataset.root),
+        registration=registration,
+        bias_correction=bias_correction,
+        exclude=list(exclude or []),
     )

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 
 from medtrans.atomic import atomic_path, write_json
+from medtrans.data import registration as reg
 from medtrans.data.layouts import Dataset, SubjectRecord
 from medtrans.data.plan import Plan
 from medtrans.errors import MedtransError
 from medtrans.io import load
 
 MAX_FOREGROUND_POINTS = 20000
+ALIGNMENT_FILE = "alignment.csv"
 
 
 def _atomic_npy(path: Path, array: np.ndarray) -> None:
@@ -75,6 +77,7 @@ class PreparedCache:
         if manifest.get("plan_hash") != plan_hash:
             manifest = {"plan_hash": plan_hash, "subjects": {}}
         self._manifest = manifest
+        built = False
         for sid in ids:
             record = usable.subject(sid)
             sig = _signature(record, plan.modalities)
@@ -83,12 +86,15 @@ class PreparedCache:
                 write_json(manifest_path, manifest)
                 if progress:
                     progress(sid)
+                built = True
+        if plan.registration is not None and (built or not (self.folder / ALIGNMENT_FILE).is_file()):
+            reg.write_csv(self.alignment, self.folder / ALIGNMENT_FILE)
 
     def _build(self, record: SubjectRecord, signature: dict[str, list]) -> None:
         plan = self.plan
         volumes = {m: load(record.images[m], modality=m) for m in plan.modalities}
         mask = load(record.mask) if record.mask is not None else None
-        arrays, mask_arr, stats, affine = plan.prepare_subject(volumes, mask)
+        arrays, mask_arr, stats, affine, transforms, qa = plan.prepare_subject(volumes, mask, record.id)
         folder = self.folder / record.id
         folder.mkdir(parents=True, exist_ok=True)
         axis = plan.slice_axis
@@ -109,6 +115,8 @@ class PreparedCache:
             "affine": np.asarray(affine).round(6).tolist(),
             "stats": stats,
             "slice_foreground": counts.tolist(),
+            "transforms": {m: np.asarray(t).round(8).tolist() for m, t in transforms.items()},
+            "alignment": qa,
         }
 
     # ------------------------------------------------------------------------------------ access
@@ -146,6 +154,17 @@ class PreparedCache:
 
     def affine(self, subject: str) -> np.ndarray:
         return np.asarray(self._manifest["subjects"][subject]["affine"], dtype=np.float64)
+
+    @property
+    def alignment(self) -> list[dict[str, Any]]:
+        """Alignment QA rows of this cache's subjects (empty without a registration block)."""
+        subjects = self._manifest["subjects"]
+        return [row for sid in self.subject_ids for row in subjects[sid].get("alignment", [])]
+
+    def transforms(self, subject: str) -> dict[str, np.ndarray]:
+        """Per source: the 4x4 RAS transform (target world → source world) used to prepare the subject."""
+        stored = self._manifest["subjects"][subject].get("transforms", {})
+        return {m: np.asarray(t) for m, t in stored.items()}
 
     def slice_foreground(self, subject: str) -> np.ndarray:
         """Foreground voxel count of each slice along the plan's slice axis."""

@@ -89,6 +89,8 @@ def build_data(config: Config, run_dir: Path, reuse: bool) -> TrainData:
                                 "see medtrans.data.plan.make_plan for the options") from None
     if not reuse:
         plan.save(plan_path)
+    if plan.exclude:  # subjects the plan leaves out (e.g. flagged by the alignment QA)
+        splits = {k: [s for s in v if s not in set(plan.exclude)] for k, v in splits.items()}
 
     max_val = config.validation.max_subjects
     val_ids = splits["val"][:max_val] if max_val is not None else splits["val"]

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtrans.errors import MedtransError
+from medtrans.io._common import LPS
 from medtrans.io.itk import grid, to_sitk
 from medtrans.io.volume import Volume
 
@@ -50,9 +51,19 @@ def reorient(volume: Volume, codes: str = "RAS") -> Volume:
 _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
 
 
+def world_transform(matrix: np.ndarray) -> sitk.AffineTransform:
+    """ITK transform (LPS) of a 4x4 RAS matrix mapping output world points to input world points."""
+    lps = LPS @ np.asarray(matrix, dtype=np.float64) @ LPS
+    out = sitk.AffineTransform(3)
+    out.SetMatrix([float(v) for v in lps[:3, :3].ravel()])
+    out.SetTranslation([float(v) for v in lps[:3, 3]])
+    return out
+
+
 def _resample(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], order: int,
-              fill: float | None) -> Volume:
-    """Values of ``volume`` on the grid (``affine``, ``shape``).
+              fill: float | None, transform: np.ndarray | None = None) -> Volume:
+    """Values of ``volume`` on the grid (``affine``, ``shape``), optionally through ``transform``
+    (4x4 RAS: output world point → input world point, e.g. a registration result).
 
     Grid points inside the input's voxel footprint (up to half a voxel beyond the edge voxels' centres)
     are interpolated; points further out take ``fill`` (default: the volume's minimum, i.e. air for CT,
@@ -76,6 +87,8 @@ def _resample(volume: Volume, affine: np.ndarray, shape: tuple[int, int, int], o
     resampler.SetOutputOrigin(origin)
     resampler.SetInterpolator(_INTERPOLATORS[order])
     resampler.SetDefaultPixelValue(fill)
+    if transform is not None:
+        resampler.SetTransform(world_transform(transform))
     if order > 0:
         resampler.SetOutputPixelType(sitk.sitkFloat64 if work.dtype == np.float64 else sitk.sitkFloat32)
     out = np.transpose(sitk.GetArrayFromImage(resampler.Execute(image)), (2, 1, 0))
@@ -108,9 +121,11 @@ def resample_to_spacing(volume: Volume, spacing: float | Sequence[float], order:
     return _resample(volume, affine, tuple(int(n) for n in new_shape), order, fill)
 
 
-def resample_like(volume: Volume, reference: Volume, order: int = 1, fill: float | None = None) -> Volume:
+def resample_like(volume: Volume, reference: Volume, order: int = 1, fill: float | None = None,
+                  transform: np.ndarray | None = None) -> Volume:
     """Resample ``volume`` onto ``reference``'s grid (shape and affine), e.g. to pair T1 with T2.
 
-    ``order=1`` (linear) for images, ``order=0`` (nearest) for masks and labels.
+    ``order=1`` (linear) for images, ``order=0`` (nearest) for masks and labels. ``transform`` (4x4 RAS,
+    reference world → ``volume`` world) applies a registration on the way.
     """
-    return _resample(volume, reference.affine, tuple(reference.array.shape[:3]), order, fill)
+    return _resample(volume, reference.affine, tuple(reference.array.shape[:3]), order, fill, transform)
