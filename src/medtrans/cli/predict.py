@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -26,16 +27,22 @@ def predict(
                                    "pass; default: the training batch size."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="N processes on this machine (torchrun), each "
+                              "translating a disjoint share of the subjects (one per GPU)."),
 ) -> None:
     """Translate whole volumes: inverse-normalised to original units, on the source grid, marked synthetic.
 
     Example: medtrans predict runs/t1_t2_regression data/test/sub-001/t1.nii.gz data/test/sub-002 -o synth/
     """
-    from medtrans.engine.predictor import Predictor
+    from medtrans.engine import distributed
+    from medtrans.engine.predictor import Predictor, resolve_device
     from medtrans.errors import MedtransError
 
     if checkpoint not in ("best", "last"):
         raise MedtransError(None, f"--checkpoint {checkpoint!r} is not known", "use best or last")
+    if nproc > 1 and not distributed.launched():
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
+    device = str(distributed.rank_device(resolve_device(device)))  # cuda:LOCAL_RANK under torchrun
     predictor = Predictor.from_run(run_dir, which=checkpoint, device=device, batch_size=batch_size, tta=tta)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slices"),
@@ -49,7 +56,8 @@ def predict(
                 tasks[subject] = bar.add_task(subject, total=total)
             bar.update(tasks[subject], completed=done)
 
-        written = predictor.predict_paths(inputs, out, fmt=fmt, progress=progress)
+        written = predictor.predict_paths(inputs, out, fmt=fmt, progress=progress,
+                                          part=(distributed.rank(), distributed.world_size()))
     seconds = time.perf_counter() - start
     for path in written:
         typer.echo(str(path))

@@ -337,11 +337,14 @@ class Predictor:
 
     def predict_paths(self, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                       fmt: str | None = None,
-                      progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
+                      progress: Callable[[str, int, int], None] | None = None,
+                      part: tuple[int, int] = (0, 1)) -> list[Path]:
         """Translate every input and write ``<out_dir>/<subject>.nii.gz`` (or ``<subject>/`` DICOM).
 
         ``fmt`` is ``"nii"``, ``"dcm"`` or None (DICOM when the input was DICOM, else NIfTI).
         ``progress(subject, done_slices, total_slices)`` is called as slices finish.
+        ``part=(k, n)`` translates only every n-th subject from the k-th (one process of n, e.g. a
+        torchrun rank): the n parts are disjoint and together are all subjects.
         """
         from medtrans.io import SyntheticInfo, load, save
 
@@ -356,7 +359,7 @@ class Predictor:
                                 "rename the inputs or translate them into different output folders")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for subject, paths, is_dicom in resolved:
+        for subject, paths, is_dicom in resolved[part[0]::part[1]]:
             volumes = {m: load(p, modality=m) for m, p in paths.items()}
             reference = volumes[self.sources[0]]
             tick = None if progress is None else functools.partial(progress, subject)
