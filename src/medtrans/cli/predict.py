@@ -15,7 +15,8 @@ from medtrans.cli import app
 
 @app.command("predict")
 def predict(
-    run_dir: Path = typer.Argument(..., help="A training run folder (config.yaml, plan.json, checkpoints/)."),
+    run_dir: Path = typer.Argument(..., help="A training run folder (config.yaml, plan.json, checkpoints/), "
+                                   "or a model.onnx from medtrans export (run with onnxruntime)."),
     inputs: list[Path] = typer.Argument(
         ..., help="Image files (single-source models), subject folders (<modality>.nii.gz …) or DICOM series "
         "folders."),
@@ -43,7 +44,13 @@ def predict(
     if nproc > 1 and not distributed.launched():
         raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
     device = str(distributed.rank_device(resolve_device(device)))  # cuda:LOCAL_RANK under torchrun
-    predictor = Predictor.from_run(run_dir, which=checkpoint, device=device, batch_size=batch_size, tta=tta)
+    if run_dir.suffix == ".onnx":
+        from medtrans.engine.export import onnx_predictor
+
+        predictor = onnx_predictor(run_dir, batch_size=batch_size, tta=tta)
+    else:
+        predictor = Predictor.from_run(run_dir, which=checkpoint, device=device, batch_size=batch_size,
+                                       tta=tta)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slices"),
                TimeElapsedColumn())

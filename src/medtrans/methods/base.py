@@ -4,10 +4,37 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class ExportSpec:
+    """What ``medtrans export`` writes to ONNX for a method (see ``Method.export_network``).
+
+    ``network(*inputs.values())`` is traced; ``inputs`` name the ONNX inputs in call order (their
+    batch and spatial axes become dynamic); ``schedule`` is whatever a multi-step method's sampling loop
+    needs around the network (step count, time grid, noise schedule …), written as JSON beside the
+    .onnx; it is empty for one-pass methods, whose network maps the source to the prediction.
+    """
+
+    network: nn.Module
+    inputs: dict[str, Tensor]
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+
+class _Translation(nn.Module):
+    """``source → translate(source)[0]``: the whole translation of a one-pass method as one module."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, source: Tensor) -> Tensor:
+        return self.method.translate(source)[0]
 
 
 class Method(nn.Module, ABC):
@@ -54,3 +81,12 @@ class Method(nn.Module, ABC):
     def example_input(self, batch_size: int, size: int) -> Tensor:
         """A source tensor of the right shape, for tracing, export and benchmarks."""
         return torch.zeros(batch_size, self.in_channels, *([size] * self.spatial_dims))
+
+    def export_network(self, source: Tensor) -> ExportSpec:
+        """The network ``medtrans export`` writes, given an example ``source`` batch.
+
+        One-pass methods export their whole translation (the default). A multi-step method returns its
+        step network (e.g. ``net(x_t ‖ source, t)`` with example inputs of the right shapes) and the
+        schedule its sampling loop needs.
+        """
+        return ExportSpec(network=_Translation(self), inputs={"source": source})
