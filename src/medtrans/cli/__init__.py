@@ -15,7 +15,7 @@ from medtrans.errors import MedtransError
 app = typer.Typer(
     name="medtrans",
     help="Medical image translation that keeps scanner geometry: phantom, info, plan, train, predict, "
-    "evaluate, report, demo.",
+    "evaluate, report, demo, export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -128,11 +128,14 @@ def _other_size(inputs: dict[str, Tensor], spatial_dims: int) -> dict[str, Tenso
 
 
 def onnx_session(path: str | os.PathLike) -> Any:
+    """An onnxruntime CPU session using as many threads as torch (``OMP_NUM_THREADS`` is honoured alike)."""
     try:
         import onnxruntime
     except ImportError:
         raise MedtransError(path, "onnxruntime is not installed", "pip install 'medtrans[export]'") from None
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def max_difference(session: Any, network: nn.Module, inputs: dict[str, Tensor]) -> float:
@@ -147,30 +150,38 @@ def max_difference(session: Any, network: nn.Module, inputs: dict[str, Tensor]) 
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, which: str = "best",
                tolerance: float = 1e-3) -> ExportResult:
     """Write ``out`` (.onnx) from ``checkpoints/<which>`` of a run; see the module docstring."""
-    from medtrans.engine.predictor import PAD_MULTIPLE
     from medtrans.engine.run import load_trained
 
     run_dir, out = Path(run_dir), Path(out)
     if out.suffix != ".onnx":
         raise MedtransError(out, "the output is not a .onnx file", "name it e.g. model.onnx")
+    method, config, plan = load_trained(run_dir, which=which)
+    source, real = example_source(run_dir, config, plan, method.in_channels)
+    difference, schedule = export_method(method, config, plan, source, out, tolerance)
+    return ExportResult(path=out, max_difference=difference, schedule=schedule,
+                        input_shape=tuple(source.shape), real_input=real)
+
+
+def export_method(method: Any, config: Any, plan: Any, source: Tensor, out: Path,
+                  tolerance: float = 1e-3) -> tuple[float, Path | None]:
+    """Trace ``method.export_network(source)`` to ``out`` and check it: (max difference, schedule file)."""
+    from medtrans.engine.predictor import PAD_MULTIPLE
+
     try:
         import onnx
     except ImportError:
         raise MedtransError(None, "onnx is not installed", "pip install 'medtrans[export]'") from None
-    method, config, plan = load_trained(run_dir, which=which)
     method = method.float().eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    source, real = example_source(run_dir, config, plan, method.in_channels)
     spec = method.export_network(source)
     network = exportable(spec.network)
-    names = list(spec.inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         # the tracer warns that shape-dependent padding becomes constant: inputs padded to PAD_MULTIPLE
         # need none (checked below on a second size); instance_norm is exported with its input statistics
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", "ONNX export mode is set to TrainingMode.EVAL")
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, chosen (docs/SCALING.md)
-        torch.onnx.export(network, tuple(spec.inputs.values()), str(tmp), input_names=names,
+        torch.onnx.export(network, tuple(spec.inputs.values()), str(tmp), input_names=list(spec.inputs),
                           output_names=["prediction"], opset_version=OPSET, dynamo=False,
                           dynamic_axes=_dynamic_axes(spec.inputs, method.spatial_dims))
         model = onnx.load(str(tmp))
@@ -189,8 +200,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, which: str = 
     schedule = None
     if spec.schedule:
         schedule = write_json(out.with_suffix(".schedule.json"), spec.schedule, indent=2)
-    return ExportResult(path=out, max_difference=difference, schedule=schedule,
-                        input_shape=tuple(source.shape), real_input=real)
+    return difference, schedule
 
 
 class OnnxTranslation(nn.Module):
