@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
 from medtrans.config import Config
-from medtrans.engine.export import PLAN_KEY, export_run, onnx_predictor, onnx_session
+from medtrans.engine.export import PLAN_KEY, export_method, export_run, onnx_predictor, onnx_session
 from medtrans.engine.predictor import Predictor
 from medtrans.engine.run import load_trained
 from medtrans.errors import MedtransError
@@ -90,3 +91,40 @@ def test_export_refuses_a_file_that_is_not_onnx_or_over_the_tolerance(tiny_run: 
     with pytest.raises(MedtransError, match=r"differs from PyTorch by .* \(over -1 in normalised units\)"):
         export_run(tiny_run, tmp_path / "model.onnx", tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+class _StepNet(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t)
+
+
+def test_a_step_network_exports_with_its_schedule(tiny_run: Path, tmp_path: Path) -> None:
+    """What a multi-step method's ``export_network`` returns: ``net(x_t ‖ source, t)`` and a schedule."""
+    from medtrans.methods.base import ExportSpec
+    from medtrans.nets import build_backbone
+
+    method, config, plan = load_trained(tiny_run)
+    step = build_backbone({"name": "unet", "depth": 2, "width": 4}, 2, 2, 1, time_conditioned=True)
+    schedule = {"kind": "flow", "steps": 8, "t": [i / 8 for i in range(9)]}
+
+    def export_network(source: torch.Tensor) -> ExportSpec:
+        x = torch.cat([torch.randn_like(source), source], dim=1)
+        return ExportSpec(_StepNet(step), {"x": x, "t": torch.full((len(source),), 0.25)}, schedule)
+
+    method.export_network = export_network
+    source = torch.rand(1, 1, 32, 32) * 2 - 1
+    out = tmp_path / "step.onnx"
+    difference, written = export_method(method, config, plan, source, out)
+    assert difference <= TOLERANCE and written == tmp_path / "step.schedule.json"
+    assert json.loads(written.read_text()) == schedule
+    x, t = torch.rand(3, 2, 64, 32) * 2 - 1, torch.tensor([0.0, 0.5, 1.0])
+    with torch.no_grad():
+        expected = step(x, t).numpy()
+    got = onnx_session(out).run(None, {"x": x.numpy(), "t": t.numpy()})[0]
+    assert np.abs(got - expected).max() <= TOLERANCE
+    with pytest.raises(MedtransError, match="step network of a multi-step method"):
+        onnx_predictor(out)
