@@ -138,10 +138,23 @@ class ValidationConfig(_Strict):
     every: int | None = Field(None, ge=1, description="validate every N steps (None: only at the end)")
     max_subjects: int | None = Field(4, ge=1)
     metric: Literal["psnr", "ssim", "mae"] = "psnr"
+    max_slices: int | None = Field(24, ge=1, description="2D/2.5D multi-step methods: validate on this many "
+                                   "evenly spaced foreground slices per subject (sampling is costly)")
 
     @property
     def higher_is_better(self) -> bool:
         return self.metric != "mae"
+
+
+class InferenceConfig(_Strict):
+    """Defaults of ``medtrans predict`` (and validation) for this run; the CLI options override them."""
+
+    steps: int | None = Field(None, ge=1, description="sampling steps (None: the method's default)")
+    samples: int = Field(1, ge=1, description="samples per voxel: the prediction is their mean, and a "
+                         "std map is written beside it when > 1")
+    seed: int = Field(0, description="seeds the sampling noise, so a prediction is reproducible")
+    tta: bool = Field(False, description="flip test-time augmentation (its spread is a std map)")
+    overlap: float = Field(0.5, ge=0, lt=1, description="3D: sliding-window overlap")
 
 
 class CheckpointConfig(_Strict):
@@ -164,6 +177,7 @@ class Config(_Strict):
     deterministic: bool = False
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,8 +212,9 @@ class Config(_Strict):
 
 #: keys a resumed run may change: length, logging, validation, checkpointing, device, where data live
 #: (splits and plan are read back from the run itself)
-RESUMABLE = ("name", "runs_dir", "device", "logging.", "validation.", "checkpoint.", "data.cache_dir",
-             "data.num_workers", "data.root", "data.splits_file", "plan.path", "optim.steps", "optim.epochs")
+RESUMABLE = ("name", "runs_dir", "device", "logging.", "validation.", "inference.", "checkpoint.",
+             "data.cache_dir", "data.num_workers", "data.root", "data.splits_file", "plan.path",
+             "optim.steps", "optim.epochs")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

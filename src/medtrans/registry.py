@@ -70,4 +70,6 @@ METHODS = Registry("method", {
     "regression": "medtrans.methods.regression",
     "pix2pix": "medtrans.methods.pix2pix",
     "cyclegan": "medtrans.methods.cyclegan",
+    "ddpm": "medtrans.methods.ddpm",
+    "flow": "medtrans.methods.flow",
 })

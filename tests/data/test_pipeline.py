@@ -208,7 +208,7 @@ def test_2d_slice_matches_the_cached_volume(cache) -> None:
 
 
 def test_2_5d_stacks_neighbours_like_the_predictor(cache) -> None:
-    from medtrans.engine.predictor import context_stack
+    from medtrans.engine.inferers import context_stack
 
     s = make_sampler(cache, ["sub-001"], mode="2.5d", context=1, patch_size=(32, 32))
     item = s[0]

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
 from medtrans.config import Config
+from medtrans.engine.inferers import Sampling
 from medtrans.engine.predictor import Predictor
 from medtrans.errors import MedtransError
 from medtrans.io import Volume, load, save
@@ -66,22 +67,22 @@ def test_oblique_lps_input_gives_the_same_affine_and_shape(predictor: Predictor,
     source = load(tmp_path / "tilted.nii.gz")
     assert source.orientation != "RAS"
     for tta in (False, True):
-        predictor.tta = tta
+        predictor.sampling = Sampling(tta=tta)
         out_dir = tmp_path / f"tta-{tta}"
         out = load(predictor.predict_paths([tmp_path / "tilted.nii.gz"], out_dir)[0])
         assert out.shape == source.shape
         np.testing.assert_array_equal(out.affine, source.affine)
-    predictor.tta = False
+    predictor.sampling = Sampling(tta=False)
 
 
 def test_tta_on_a_volume_keeps_geometry_and_stays_close(predictor: Predictor, phantom_root: Path) -> None:
     t1 = load(phantom_root / "sub-005" / "t1.nii.gz")
     plain = predictor.predict_subject({"t1": t1})
-    predictor.tta = True
+    predictor.sampling = Sampling(tta=True)
     try:
         flipped = predictor.predict_subject({"t1": t1})
     finally:
-        predictor.tta = False
+        predictor.sampling = Sampling(tta=False)
     assert flipped.shape == t1.shape and np.array_equal(flipped.affine, t1.affine)
     assert not np.array_equal(flipped.array, plain.array)  # the flips do change a conv net's output
     scale = np.abs(plain.array).max()

@@ -23,7 +23,16 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: <subject>.nii.gz or <subject>/ DICOM."),
     fmt: str = typer.Option(None, "--format", help="nii or dcm; default: DICOM when the input is DICOM, "
                             "else NIfTI."),
-    tta: bool = typer.Option(False, "--tta", help="Average over in-plane flips (4 passes per slice)."),
+    tta: bool = typer.Option(None, "--tta/--no-tta", help="Average over in-plane flips (4 passes per slice); "
+                             "their spread is written as a std map. Default: the run's inference.tta."),
+    steps: int = typer.Option(None, "--steps", min=1, help="Sampling steps of a diffusion / flow / bridge "
+                              "method (default: the run's inference.steps, else the method's own). One-pass "
+                              "methods refuse it."),
+    samples: int = typer.Option(None, "--samples", min=1, help="Samples per voxel: the prediction is their "
+                                "mean; with > 1 a <subject>_<target>_std map is written too. Default: the "
+                                "run's inference.samples."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the sampling noise (same seed, same files). "
+                             "Default: the run's inference.seed."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Slices (or 3D windows) per forward "
                                    "pass; default: the training batch size."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
@@ -34,6 +43,9 @@ def predict(
     """Translate whole volumes: inverse-normalised to original units, on the source grid, marked synthetic.
 
     Example: medtrans predict runs/t1_t2_regression data/test/sub-001/t1.nii.gz data/test/sub-002 -o synth/
+
+    Example (8 flow-matching samples of 10 steps, mean and std): medtrans predict runs/t1_t2_flow
+    data/test/sub-001 -o synth/ --steps 10 --samples 8 --seed 1
     """
     from medtrans.engine import distributed
     from medtrans.engine.predictor import Predictor, resolve_device
@@ -50,7 +62,7 @@ def predict(
         predictor = onnx_predictor(run_dir, batch_size=batch_size, tta=tta)
     else:
         predictor = Predictor.from_run(run_dir, which=checkpoint, device=device, batch_size=batch_size,
-                                       tta=tta)
+                                       steps=steps, samples=samples, seed=seed, tta=tta)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slices"),
                TimeElapsedColumn())

@@ -101,6 +101,11 @@ class Normaliser:
         """[-1, 1] → real units (HU, SUV, scanner units); ``stats`` empty → the dataset reference."""
         return _unscale(array, *self._range(stats))
 
+    def inverse_scale(self, array: np.ndarray, stats: dict[str, float]) -> np.ndarray:
+        """The linear part of ``inverse`` only: a spread (std map) in model space → real units."""
+        lo, hi = self._range(stats)
+        return (np.asarray(array, np.float32) * np.float32(max(hi - lo, 1e-6) / 2.0)).astype(np.float32)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "params": dict(self.params), "reference": dict(self.reference)}
 

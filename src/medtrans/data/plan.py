@@ -315,12 +315,19 @@ class Plan:
         )
         return np.stack(channels).astype(np.float32, copy=False), space
 
-    def from_model_space(self, array_xyz: np.ndarray, space: ModelSpace) -> Volume:
-        """A model-space prediction (X, Y, Z) → target units on the first source's original grid."""
+    def from_model_space(self, array_xyz: np.ndarray, space: ModelSpace, spread: bool = False) -> Volume:
+        """A model-space prediction (X, Y, Z) → target units on the first source's original grid.
+
+        ``spread``: the array is a standard deviation, so only the scale of the inverse applies.
+        """
         array = np.asarray(array_xyz, np.float32)
         if array.ndim == 4 and array.shape[0] == 1:
             array = array[0]
-        values = self.normalisation[self.target].inverse(array, space.target_stats)
+        normaliser = self.normalisation[self.target]
+        if spread:
+            values = normaliser.inverse_scale(array, space.target_stats)
+        else:
+            values = normaliser.inverse(array, space.target_stats)
         model = Volume(values, space.model_affine, {"modality": self.target})
         reference = Volume(np.broadcast_to(np.float32(0), space.reference_shape), space.reference_affine)
         out = resample_like(model, reference, order=1)

@@ -29,6 +29,7 @@ from medtrans.metrics.distribution import FeatureExtractor, feature_distances
 from medtrans.metrics.presets import Preset, evaluate_pair, get_preset
 from medtrans.metrics.segmentation import segmentation_consistency
 from medtrans.metrics.stats import paired_wilcoxon, summarise
+from medtrans.metrics.uncertainty import calibration
 
 GRID_TOLERANCE_MM = 1e-3
 _IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy")
@@ -51,6 +52,7 @@ class SubjectPair:
     ref: Path
     mask: Path | None = None
     other: Path | None = None
+    std: Path | None = None  # the prediction's uncertainty map, ``<name>_<target>_std``
 
 
 @dataclass
@@ -134,6 +136,17 @@ def image_folder(folder: Path) -> dict[str, Path]:
             elif not images and _is_dicom_folder(entry):
                 found[entry.name] = entry
     return found
+
+
+def split_uncertainty(found: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(predictions, prediction name → its std map): ``<name>_<target>_std`` beside ``<name>`` is the
+    uncertainty map ``medtrans predict`` writes, not a prediction of its own."""
+    stds = {}
+    for stem in list(found):
+        parts = stem.rsplit("_", 2)
+        if len(parts) == 3 and parts[2] == "std" and parts[0] in found:
+            stds[parts[0]] = found.pop(stem)
+    return found, stds
 
 
 def _match_id(name: str, ids: list[str]) -> str | None:
@@ -223,7 +236,7 @@ def match_subjects(
     for path, role in ((pred, "predictions"), (ref, "references"), (mask, "masks"), (compare, "compare")):
         if path is not None and not Path(path).is_dir():
             raise MedtransError(path, f"is not a folder ({role})", f"give the folder that holds the {role}")
-    preds = image_folder(pred)
+    preds, stds = split_uncertainty(image_folder(pred))
     if not preds:
         raise MedtransError(
             pred, "holds no prediction images", "give a folder of <subject>.nii.gz or .mha files"
@@ -237,7 +250,7 @@ def match_subjects(
         if sid is None:
             missing.append(name)
         else:
-            pairs.append(SubjectPair(sid, path, refs[sid], dataset_masks.get(sid)))
+            pairs.append(SubjectPair(sid, path, refs[sid], dataset_masks.get(sid), std=stds.get(name)))
     if missing:
         raise MedtransError(
             ref,
@@ -259,7 +272,7 @@ def match_subjects(
         for p in pairs:
             p.mask = masks[p.id]
     if compare is not None:
-        others = image_folder(Path(compare))
+        others, _ = split_uncertainty(image_folder(Path(compare)))
         other_ids = {(_match_id(n, ids) or n): path for n, path in others.items()}
         absent = [i for i in ids if i not in other_ids]
         if absent:
@@ -276,6 +289,7 @@ def match_subjects(
         "references": len(refs),
         "references_without_prediction": len(set(refs) - set(ids)),
         "masked_subjects": sum(p.mask is not None for p in pairs),
+        "uncertainty_maps": sum(p.std is not None for p in pairs),
     }
     return pairs, {"reference_source": ref_kind, **counts}
 
@@ -384,6 +398,9 @@ def evaluate(
         per_subject[pair.id] = _score(
             pred_vol.array, r_arr, mask_arr, pair.pred, pair.ref, preset, tissue_classes
         )
+        if pair.std is not None:  # calibration of the std map, in the target's units, inside the mask
+            std_vol, _ = _on_grid(load(pair.std), ref_vol, pair.std, pair.ref, resample, order=1)
+            per_subject[pair.id].update(calibration(pred_vol.array, r_arr, std_vol.array, mask_arr))
         resampled += moved or moved_mask
         if net is not None:
             features["real"].append(net.features(_slices(r_arr), window))
@@ -397,7 +414,7 @@ def evaluate(
                 features["compare"].append(net.features(_slices(o_vol.array), window))
         if progress is not None:
             progress(pair.id, i + 1, len(pairs))
-    metrics = list(next(iter(per_subject.values())))
+    metrics = [m for m in next(iter(per_subject.values())) if all(m in v for v in per_subject.values())]
     summary: dict = {
         "medtrans_version": __version__,
         "preset": spec.name,

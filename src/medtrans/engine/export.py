@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from medtrans.atomic import atomic_path, write_json
 from medtrans.errors import MedtransError
+from medtrans.methods.base import Method
 
 #: ONNX opset: InstanceNormalization, dynamic Pad/Resize; read by onnxruntime ≥ 1.12
 OPSET = 17
@@ -80,7 +81,7 @@ def example_source(run_dir: Path, config: Any, plan: Any, in_channels: int) -> t
     multiple of 32 as the predictor pads; 3D: the central ``patch_size`` window. Without a readable
     cache: a random input of that size (uniform in [-1, 1], seeded).
     """
-    from medtrans.engine.predictor import PAD_MULTIPLE, _pad_to_multiple, context_stack
+    from medtrans.engine.inferers import PAD_MULTIPLE, context_stack, pad_in_plane
 
     dims = str(config.data.dims)
     cache = Path(config.data.cache_dir or run_dir / "cache") / plan.hash()
@@ -93,7 +94,7 @@ def example_source(run_dir: Path, config: Any, plan: Any, in_channels: int) -> t
         if dims != "3d":
             context = int(config.data.context) if dims == "2.5d" else 0
             x = context_stack(array, torch.tensor([array.shape[1] // 2]), context)
-            return _pad_to_multiple(x, PAD_MULTIPLE, 2)[0].float(), True
+            return pad_in_plane(x, PAD_MULTIPLE)[0].float(), True
         volume = torch.movedim(array, 1, 1 + int(plan.slice_axis))  # (C, X, Y, Z)
         if all(n >= p for n, p in zip(volume.shape[1:], patch, strict=True)):
             starts = [(n - p) // 2 for n, p in zip(volume.shape[1:], patch, strict=True)]
@@ -165,7 +166,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, which: str = 
 def export_method(method: Any, config: Any, plan: Any, source: Tensor, out: Path,
                   tolerance: float = 1e-3) -> tuple[float, Path | None]:
     """Trace ``method.export_network(source)`` to ``out`` and check it: (max difference, schedule file)."""
-    from medtrans.engine.predictor import PAD_MULTIPLE
+    from medtrans.engine.inferers import PAD_MULTIPLE
 
     try:
         import onnx
@@ -204,7 +205,11 @@ def export_method(method: Any, config: Any, plan: Any, source: Tensor, out: Path
 
 
 class OnnxTranslation(nn.Module):
-    """An exported one-pass network behind the ``translate`` the Predictor calls (onnxruntime, CPU)."""
+    """An exported one-pass network behind the method interface the Predictor calls (onnxruntime, CPU)."""
+
+    default_steps = None  # one network pass: a step count is refused, as by the method it came from
+    stochastic = False
+    resolve_steps = Method.resolve_steps
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
@@ -212,7 +217,8 @@ class OnnxTranslation(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
 
     def translate(self, source: Tensor, steps: int | None = None, samples: int = 1,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, None]:
+                  noise: Any = None) -> tuple[Tensor, None]:
+        self.resolve_steps(steps)
         array = np.ascontiguousarray(source.detach().float().cpu().numpy())
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]), None
 

@@ -2,41 +2,30 @@
 
 The network only ever sees plain tensors in the plan's model space; geometry and units are handled
 by the plan (``to_model_space`` / ``from_model_space``) and written back by ``medtrans.io.save``.
-Three ways to cover a volume, matching how the run was trained (``data.dims``):
+How a volume is covered (slices, 2.5D stacks, 3D windows), how samples are drawn and how their mean
+and spread are blended is ``engine.inferers``, shared with validation.
 
-- ``2d``: slices along the plan's slice axis, in batches;
-- ``2.5d``: the same, each slice with ``context`` neighbours on each side stacked as channels per
-  source modality, the ends replicated;
-- ``3d``: a sliding window of ``data.patch_size`` with Gaussian blending of overlapping patches
-  (``monai.inferers.sliding_window_inference``, ``mode="gaussian"``, overlap 0.5).
-
-Test-time augmentation averages the predictions of the input flipped along the in-plane axes (each
-output is flipped back before averaging).
+Sampling settings (``steps``, ``samples``, ``seed``, ``tta``) come from the run's ``inference`` block
+unless given; with several samples (or TTA) a std map in the target's units is written beside the
+prediction, ``<subject>_<target>_std``, marked synthetic as an uncertainty map.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from medtrans.data.modalities import canonical, is_known
+from medtrans.engine.inferers import Inferer, Sampling, build_inferer, method_moments
 from medtrans.errors import MedtransError
 
-Net = Callable[[Tensor], Tensor]
-
-#: in-plane sizes are padded to a multiple of this, so every U-Net depth up to 5 fits
-PAD_MULTIPLE = 32
 #: file name endings ``medtrans.io.load`` reads as one image
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".png", ".tif", ".tiff",
                   ".dcm")
@@ -50,99 +39,6 @@ def resolve_device(device: str) -> torch.device:
         raise MedtransError(None, f"device {device!r} asked for but CUDA is not available",
                             "use --device cpu or --device auto")
     return torch.device(device)
-
-
-def flip_tta(net: Net, axes: Sequence[int]) -> Net:
-    """``net`` averaged over every combination of flips along tensor ``axes`` (2**len(axes) passes).
-
-    Each flipped input's output is flipped back before averaging, so the result is aligned with the
-    input; for an equivariant network the average equals the plain output.
-    """
-    combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-
-    def averaged(x: Tensor) -> Tensor:
-        total = None
-        for dims in combos:
-            y = net(torch.flip(x, dims)) if dims else net(x)
-            y = torch.flip(y, dims) if dims else y
-            total = y.float() if total is None else total + y.float()
-        return total / len(combos)
-
-    return averaged
-
-
-def _pad_to_multiple(x: Tensor, multiple: int, dims: int) -> tuple[Tensor, list[int]]:
-    """Replicate-pad the last ``dims`` axes of ``x`` up to a multiple; returns the original sizes."""
-    sizes = list(x.shape[-dims:])
-    pad: list[int] = []
-    for size in reversed(sizes):
-        pad += [0, (-size) % multiple]
-    if any(pad):
-        x = F.pad(x, pad, mode="replicate")
-    return x, sizes
-
-
-def context_stack(array: Tensor, index: Tensor, context: int) -> Tensor:
-    """2.5D inputs for slices ``index`` of ``array`` (C, S, H, W): (len(index), C*(2*context+1), H, W).
-
-    Channels are grouped per source modality (modality 0's stack, then modality 1's …), slices
-    ordered from ``s - context`` to ``s + context``; indices past either end repeat the end slice.
-    ``context=0`` gives plain 2D slices (B, C, H, W).
-    """
-    offsets = torch.arange(-context, context + 1)
-    neighbours = (index[:, None] + offsets[None, :]).clamp(0, array.shape[1] - 1)  # (B, context)
-    stacked = array[:, neighbours]  # (C, B, context, H, W)
-    return stacked.permute(1, 0, 2, 3, 4).reshape(len(index), -1, *array.shape[2:])
-
-
-def infer_slices(net: Net, array: Tensor, slice_axis: int, batch_size: int, context: int = 0,
-                 device: torch.device | None = None, tta: bool = False,
-                 progress: Callable[[int], None] | None = None) -> Tensor:
-    """2D / 2.5D prediction of a whole model-space array (C, X, Y, Z) → (X, Y, Z), slice by slice.
-
-    Slices along ``slice_axis`` go through ``net`` ``batch_size`` at a time (``context`` > 0 stacks
-    that many neighbours on each side as channels); in-plane sizes are replicate-padded to a multiple
-    of 32 and cropped back.
-    """
-    device = device or array.device
-    moved = torch.movedim(array, 1 + slice_axis, 1)  # (C, S, H, W)
-    padded, (height, width) = _pad_to_multiple(moved, PAD_MULTIPLE, 2)
-    run = flip_tta(net, (2, 3)) if tta else net
-    n_slices = padded.shape[1]
-    out = torch.empty(n_slices, height, width, dtype=torch.float32)
-    for start in range(0, n_slices, batch_size):
-        index = torch.arange(start, min(start + batch_size, n_slices))
-        pred = run(context_stack(padded, index, context).to(device))
-        out[index] = pred[:, 0, :height, :width].float().cpu()
-        if progress is not None:
-            progress(len(index))
-    return torch.movedim(out, 0, slice_axis)
-
-
-def infer_window(net: Net, array: Tensor, patch_size: Sequence[int], batch_size: int,
-                 slice_axis: int = 2, device: torch.device | None = None, tta: bool = False,
-                 overlap: float = 0.5) -> Tensor:
-    """3D prediction of a model-space array (C, X, Y, Z) → (X, Y, Z) by sliding ``patch_size`` windows.
-
-    Overlapping windows are blended with a Gaussian weight (MONAI ``sliding_window_inference``,
-    ``mode="gaussian"``); a volume smaller than the patch is replicate-padded. TTA flips the
-    in-plane axes, i.e. the two axes other than ``slice_axis``.
-    """
-    from monai.inferers import sliding_window_inference
-
-    device = device or array.device
-    in_plane = tuple(2 + ax for ax in range(3) if ax != slice_axis)
-    run = flip_tta(net, in_plane) if tta else net
-
-    def window(x: Tensor) -> Tensor:
-        return run(x.to(device)).float()
-
-    out = sliding_window_inference(
-        array[None].float(), roi_size=list(patch_size), sw_batch_size=batch_size, predictor=window,
-        overlap=overlap, mode="gaussian", padding_mode="replicate", sw_device=device,
-        device=torch.device("cpu"),
-    )
-    return out[0, 0].float()
 
 
 def resolve_inputs(path: Path, modalities: Sequence[str]) -> tuple[str, dict[str, Path], bool]:
@@ -231,6 +127,11 @@ def _has_dicom(folder: Path) -> bool:
     return any(p.is_file() and _is_dicom(p) for p in folder.iterdir())
 
 
+def std_output_name(subject: str, target: str) -> str:
+    """File stem of the uncertainty map beside ``<subject>``'s prediction."""
+    return f"{subject}_{target}_std"
+
+
 @dataclass
 class Predictor:
     """A trained method ready to translate whole volumes.
@@ -245,27 +146,30 @@ class Predictor:
     name: str
     device: torch.device
     batch_size: int = 8
-    tta: bool = False
+    sampling: Sampling = field(default_factory=Sampling)
     amp: bool = False
     memory_format: torch.memory_format | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, which: str = "best", device: str = "auto",
-                 batch_size: int | None = None, tta: bool = False) -> Predictor:
-        """Load ``checkpoints/<which>`` of a run; batch size defaults to the training batch."""
+                 batch_size: int | None = None, **sampling: Any) -> Predictor:
+        """Load ``checkpoints/<which>`` of a run; batch size defaults to the training batch;
+        ``sampling`` keywords (steps, samples, seed, tta) override the run's ``inference`` block."""
         from medtrans.engine.run import checkpoint_dir, load_trained
 
         run_dir = Path(run_dir)
         method, config, plan = load_trained(run_dir, which=which)
         used = checkpoint_dir(run_dir, which).name  # "best" falls back to "last" when never validated
         return cls.from_parts(method, config, plan, name=f"{run_dir.name}:{used}", device=device,
-                              batch_size=batch_size, tta=tta)
+                              batch_size=batch_size, **sampling)
 
     @classmethod
     def from_parts(cls, method: torch.nn.Module, config: Any, plan: Any, name: str, device: str = "auto",
-                   batch_size: int | None = None, tta: bool = False) -> Predictor:
+                   batch_size: int | None = None, steps: int | None = None, samples: int | None = None,
+                   seed: int | None = None, tta: bool | None = None) -> Predictor:
         """A predictor for a method already built (``from_run`` and benchmarks): eval mode, on
-        ``device``, with the run's AMP and channels-last settings."""
+        ``device``, with the run's AMP and channels-last settings; unset sampling options come from
+        the run's ``inference`` block. A step count for a one-pass method is refused here."""
         torch_device = resolve_device(device)
         memory_format = None
         if config.optim.channels_last:  # as trained: the fast CPU path
@@ -273,9 +177,15 @@ class Predictor:
         method = method.to(torch_device).eval()
         if memory_format is not None:
             method = method.to(memory_format=memory_format)
+        defaults = config.inference
+        steps = steps if steps is not None else (defaults.steps if method.default_steps is not None else None)
+        method.resolve_steps(steps)  # fail before any input is read
+        sampling = Sampling(steps=steps, samples=samples or defaults.samples,
+                            seed=defaults.seed if seed is None else seed,
+                            tta=defaults.tta if tta is None else tta)
         return cls(
             method=method, config=config, plan=plan, name=name, device=torch_device,
-            batch_size=batch_size or max(1, int(config.optim.batch_size)), tta=tta,
+            batch_size=batch_size or max(1, int(config.optim.batch_size)), sampling=sampling,
             amp=bool(config.optim.amp), memory_format=memory_format,
         )
 
@@ -287,38 +197,40 @@ class Predictor:
     def method_name(self) -> str:
         return str(self.config.method.name)
 
-    def _net(self, x: Tensor) -> Tensor:
-        if self.memory_format is not None:
-            x = x.contiguous(memory_format=self.memory_format)
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext())
-        with autocast:
-            prediction, _ = self.method.translate(x)
-        return prediction.float()
+    @property
+    def writes_std(self) -> bool:
+        """A std map is informative with several stochastic samples or with TTA."""
+        return self.sampling.tta or (self.sampling.samples > 1 and bool(self.method.stochastic))
+
+    def inferer(self) -> Inferer:
+        cfg = self.config
+        return build_inferer(str(cfg.data.dims), int(self.plan.slice_axis), self.batch_size,
+                             int(cfg.data.context), cfg.data.patch_size or self.plan.patch_size,
+                             cfg.inference.overlap)
 
     @torch.inference_mode()
-    def predict_array(self, array: np.ndarray, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Model-space (C, X, Y, Z) → (X, Y, Z), by the way the run was trained."""
+    def predict_array(self, array: np.ndarray, progress: Callable[[int], None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model-space (C, X, Y, Z) → mean (X, Y, Z) and std (X, Y, Z) or None, as the run was trained."""
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        dims = str(self.config.data.dims)
-        slice_axis = int(self.plan.slice_axis)
-        if dims == "3d":
-            patch = self.config.data.patch_size or self.plan.patch_size
-            out = infer_window(self._net, tensor, patch, self.batch_size,
-                               slice_axis=slice_axis, device=self.device, tta=self.tta)
-            if progress is not None:
-                progress(tensor.shape[1 + slice_axis])
-        else:
-            context = int(self.config.data.context) if dims == "2.5d" else 0
-            out = infer_slices(self._net, tensor, slice_axis, self.batch_size, context=context,
-                               device=self.device, tta=self.tta, progress=progress)
-        return out.numpy()
+        inferer = self.inferer()
+        moments = method_moments(self.method, self.sampling, self.device, self.amp, self.memory_format,
+                                 inferer.flip_axes)
+        mean, std = inferer(moments, tensor, self.sampling.seed, self.writes_std, progress=progress)
+        return mean.numpy(), (None if std is None else std.numpy())
 
     def predict_subject(self, volumes: dict[str, Any],
                         progress: Callable[[int, int], None] | None = None) -> Any:
         """Synthetic target Volume in original units, on the first source's grid and affine.
 
-        ``progress(done_slices, total_slices)`` is called as batches finish.
+        ``progress(done_slices, total_slices)`` is called as batches finish. See
+        :meth:`predict_subject_with_std` for the uncertainty map.
         """
+        return self.predict_subject_with_std(volumes, progress)[0]
+
+    def predict_subject_with_std(self, volumes: dict[str, Any],
+                                 progress: Callable[[int, int], None] | None = None) -> tuple[Any, Any]:
+        """(synthetic Volume, std Volume in the target's units or None), both on the source grid."""
         missing = [m for m in self.sources if m not in volumes]
         if missing:
             raise MedtransError(None, f"missing modality {', '.join(missing)}",
@@ -332,8 +244,9 @@ class Predictor:
             if progress is not None:
                 progress(done[0], total)
 
-        prediction = self.predict_array(array, progress=tick)
-        return self.plan.from_model_space(prediction, space)
+        prediction, std = self.predict_array(array, progress=tick)
+        out = self.plan.from_model_space(prediction, space)
+        return out, (None if std is None else self.plan.from_model_space(std, space, spread=True))
 
     def predict_paths(self, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                       fmt: str | None = None,
@@ -363,11 +276,19 @@ class Predictor:
             volumes = {m: load(p, modality=m) for m, p in paths.items()}
             reference = volumes[self.sources[0]]
             tick = None if progress is None else functools.partial(progress, subject)
-            synthetic = self.predict_subject(volumes, progress=tick)
+            synthetic, std = self.predict_subject_with_std(volumes, progress=tick)
             as_dicom = fmt == "dcm" or (fmt is None and is_dicom)
             target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
             info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]), method=self.method_name,
                                  target=self.plan.target)
             written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
+            if std is not None:
+                std_name = std_output_name(subject, self.plan.target)
+                std_path = out_dir / std_name if as_dicom else out_dir / f"{std_name}.nii.gz"
+                std_info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]),
+                                         method=f"{self.method_name} std of {self.sampling.samples} samples"
+                                         f"{' + flip TTA' if self.sampling.tta else ''}",
+                                         target=f"{self.plan.target}_std")
+                written.append(Path(save(std, std_path, reference=reference, synthetic=std_info)))
         return written
 

@@ -32,7 +32,8 @@ from medtrans.config import Config, OptimConfig, dump_config
 from medtrans.engine import checkpoint as ckpt
 from medtrans.engine import distributed
 from medtrans.engine.data import TrainData, ValSubject, build_data
-from medtrans.engine.predictor import infer_slices, infer_window, resolve_device
+from medtrans.engine.inferers import Sampling, SliceInferer, build_inferer, method_moments
+from medtrans.engine.predictor import resolve_device
 from medtrans.engine.run import CONFIG_FILE, build_method, read_run_config
 from medtrans.engine.runlog import MetricLog, sample_grid, save_figure
 from medtrans.errors import MedtransError
@@ -259,7 +260,7 @@ class Trainer:
                 opt = self.optimizers[group]
                 opt.zero_grad(set_to_none=True)
                 with self._autocast():
-                    terms = self.method.losses(batch, group)
+                    terms = self.method.losses(batch, group, self.progress.step)
                 total = torch.stack([t.float() for t in terms.values()]).sum()
                 if not torch.isfinite(total):
                     raise MedtransError(self.run_dir, f"loss of group {group!r} became {total.item()} at "
@@ -303,22 +304,29 @@ class Trainer:
     def eval_model(self) -> Method:
         return self.ema.module if self.ema is not None else self.method
 
-    def _predict(self, model: Method, subject: ValSubject) -> np.ndarray:
-        def net(x: Tensor) -> Tensor:
-            if self.memory_format is not None:
-                x = x.contiguous(memory_format=self.memory_format)
-            with self._autocast():
-                return model.translate(x)[0].float()
-
+    def _predict(self, model: Method, subject: ValSubject) -> tuple[np.ndarray, np.ndarray | None]:
+        """The validation prediction, by the inference path of ``medtrans predict`` (one sample at the
+        run's inference steps); multi-step methods on ``validation.max_slices`` foreground slices
+        only, returned as a boolean slice selection (None: the whole volume)."""
+        cfg = self.config
+        inferer = build_inferer(cfg.data.dims, self.data.slice_axis, cfg.optim.batch_size, cfg.data.context,
+                                self.data.patch_size, cfg.inference.overlap)
+        sampling = Sampling(steps=cfg.inference.steps if model.default_steps is not None else None,
+                            seed=cfg.inference.seed)
+        moments = method_moments(model, sampling, self.device, cfg.optim.amp, self.memory_format)
         array = torch.from_numpy(np.ascontiguousarray(subject.source, dtype=np.float32))
-        bs = self.config.optim.batch_size
-        if self.config.data.dims == "3d":
-            out = infer_window(net, array, self.data.patch_size, bs, slice_axis=self.data.slice_axis,
-                               device=self.device)
+        chosen = None
+        multi_step = model.default_steps is not None
+        if isinstance(inferer, SliceInferer) and multi_step and cfg.validation.max_slices:
+            chosen = _foreground_slices(subject, self.data.slice_axis, cfg.validation.max_slices)
+            mean, _ = inferer(moments, array, sampling.seed, with_std=False, indices=chosen)
         else:
-            context = self.config.data.context if self.config.data.dims == "2.5d" else 0
-            out = infer_slices(net, array, self.data.slice_axis, bs, context=context, device=self.device)
-        return out.numpy()
+            mean, _ = inferer(moments, array, sampling.seed, with_std=False)
+        if chosen is None:
+            return mean.numpy(), None
+        keep = np.zeros(array.shape[1 + self.data.slice_axis], bool)
+        keep[chosen] = True
+        return mean.numpy(), keep
 
     @torch.no_grad()
     def validate(self, log: MetricLog) -> dict[str, float] | None:
@@ -334,11 +342,26 @@ class Trainer:
         grid = []
         try:
             for subject in subjects:
-                pred = self._predict(model, subject)
-                kwargs = {"mask": subject.mask, "data_range": self.data.data_range}
-                scores["psnr"].append(float(psnr(pred, subject.target, **kwargs)))
-                scores["ssim"].append(float(ssim(pred, subject.target, **kwargs)))
-                scores["mae"].append(float(mae(pred, subject.target, mask=subject.mask)))
+                pred, keep = self._predict(model, subject)
+                target, mask = subject.target, subject.mask
+                if keep is not None:  # score the sampled slices only
+                    axis = self.data.slice_axis
+                    pred, target = np.compress(keep, pred, axis), np.compress(keep, target, axis)
+                    mask = None if mask is None else np.compress(keep, mask, axis)
+                    source = np.compress(keep, subject.source, 1 + axis)
+                    subject = ValSubject(subject.id, source, target, mask)
+                kwargs = {"mask": mask, "data_range": self.data.data_range}
+                scores["psnr"].append(float(psnr(pred, target, **kwargs)))
+                if keep is not None:  # a few scattered slices: 2D SSIM per slice, averaged
+                    axis = self.data.slice_axis
+                    slices = {k: None if v is None else np.moveaxis(v, axis, 0)
+                              for k, v in (("pred", pred), ("ref", target), ("mask", mask))}
+                    per_slice = ssim(slices["pred"], slices["ref"], mask=slices["mask"],
+                                     data_range=self.data.data_range, batch=True)
+                    scores["ssim"].append(float(np.nanmean(np.asarray(per_slice))))
+                else:
+                    scores["ssim"].append(float(ssim(pred, target, **kwargs)))
+                scores["mae"].append(float(mae(pred, target, mask=mask)))
                 if len(grid) < GRID_SUBJECTS:
                     grid.append(self._grid_row(subject, pred))
         finally:
@@ -411,6 +434,22 @@ class Trainer:
             if log is not None:
                 log.close()
         return self.run_dir
+
+
+def _foreground_slices(subject: ValSubject, slice_axis: int, count: int) -> list[int]:
+    """``count`` evenly spaced slice indices among those with foreground in the mask (all if none)."""
+    total = subject.target.shape[slice_axis]
+    if subject.mask is not None:
+        other = tuple(a for a in range(subject.mask.ndim) if a != slice_axis)
+        candidates = np.flatnonzero(subject.mask.any(axis=other))
+    else:
+        candidates = np.arange(total)
+    if len(candidates) == 0:
+        candidates = np.arange(total)
+    if len(candidates) <= count:
+        return [int(i) for i in candidates]
+    picks = np.linspace(0, len(candidates) - 1, count).round().astype(int)
+    return sorted({int(candidates[i]) for i in picks})
 
 
 def _console() -> Any:

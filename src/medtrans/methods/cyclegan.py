@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from medtrans.methods.base import Method
 from medtrans.methods.losses import GAN_LOSSES, check_choice, gan_loss, reconstruction
+from medtrans.methods.schedules import Noise
 from medtrans.nets import build_backbone, build_discriminator
 from medtrans.registry import METHODS
 
@@ -134,7 +135,7 @@ class CycleGAN(Method):
     def optimizer_settings(self, group: str) -> dict[str, Any]:
         return {"betas": self.betas}
 
-    def losses(self, batch: dict[str, Tensor], group: str) -> dict[str, Tensor]:
+    def losses(self, batch: dict[str, Tensor], group: str, step: int = 0) -> dict[str, Tensor]:
         check_choice("optimiser group", group, self.groups)
         real_a, real_b = batch["source"], batch["target"]
         if group == "g":
@@ -168,7 +169,5 @@ class CycleGAN(Method):
         real_term = gan_loss(discriminator(real), True, self.gan_loss)
         return 0.5 * (real_term + gan_loss(discriminator(fake), False, self.gan_loss))
 
-    def translate(
-        self, source: Tensor, steps: int | None = None, samples: int = 1
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.g_ab(source), None
+    def sample(self, source: Tensor, steps: int | None, noise: Noise | None) -> Tensor:
+        return self.g_ab(source)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from medtrans.methods.base import Method
 from medtrans.methods.losses import GAN_LOSSES, check_choice, gan_loss, reconstruction
+from medtrans.methods.schedules import Noise
 from medtrans.nets import build_backbone, build_discriminator
 from medtrans.registry import METHODS
 
@@ -67,7 +68,7 @@ class Pix2Pix(Method):
     def _judge(self, source: Tensor, image: Tensor) -> Tensor:
         return self.discriminator(torch.cat([source, image.to(source.dtype)], dim=1))
 
-    def losses(self, batch: dict[str, Tensor], group: str) -> dict[str, Tensor]:
+    def losses(self, batch: dict[str, Tensor], group: str, step: int = 0) -> dict[str, Tensor]:
         check_choice("optimiser group", group, self.groups)
         source, target = batch["source"], batch["target"]
         if group == "g":
@@ -89,7 +90,5 @@ class Pix2Pix(Method):
             "fake": 0.5 * gan_loss(self._judge(source, fake), False, self.gan_loss),
         }
 
-    def translate(
-        self, source: Tensor, steps: int | None = None, samples: int = 1
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.generator(source), None
+    def sample(self, source: Tensor, steps: int | None, noise: Noise | None) -> Tensor:
+        return self.generator(source)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from medtrans.methods.base import Method
 from medtrans.methods.losses import check_choice, reconstruction, ssim
+from medtrans.methods.schedules import Noise
 from medtrans.nets import build_backbone
 from medtrans.registry import METHODS
 
@@ -51,7 +52,7 @@ class Regression(Method):
         check_choice("optimiser group", group, self.groups)
         return self.net.parameters()
 
-    def losses(self, batch: dict[str, Tensor], group: str) -> dict[str, Tensor]:
+    def losses(self, batch: dict[str, Tensor], group: str, step: int = 0) -> dict[str, Tensor]:
         check_choice("optimiser group", group, self.groups)
         pred = self.net(batch["source"])
         mask = batch.get("mask") if self.masked else None
@@ -61,7 +62,5 @@ class Regression(Method):
             terms["ssim"] = self.ssim_weight * (1.0 - similarity)
         return terms
 
-    def translate(
-        self, source: Tensor, steps: int | None = None, samples: int = 1
-    ) -> tuple[Tensor, Tensor | None]:
-        return self.net(source), None
+    def sample(self, source: Tensor, steps: int | None, noise: Noise | None) -> Tensor:
+        return self.net(source)

@@ -206,14 +206,15 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         t = t.reshape(-1).float() * self.scale
-        half = torch.exp(-math.log(10000.0) * torch.arange(self.frequencies, device=t.device) / self.frequencies)
+        steps = torch.arange(self.frequencies, device=t.device) / self.frequencies
+        half = torch.exp(-math.log(10000.0) * steps)
         angles = t[:, None] * half[None, :]
         features = torch.cat([angles.sin(), angles.cos()], dim=1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class FiLM(nn.Module):
-    """Per-channel scale and shift from an embedding: ``x · (1 + scale) + shift`` (AdaGN when after a norm)."""
+    """Per-channel scale and shift from an embedding: ``x · (1 + scale) + shift`` (AdaGN after a norm)."""
 
     def __init__(self, embedding_dim: int, channels: int) -> None:
         super().__init__()
