@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -14,7 +15,7 @@ from medtrans.errors import MedtransError
 app = typer.Typer(
     name="medtrans",
     help="Medical image translation that keeps scanner geometry: phantom, info, plan, train, predict, "
-    "evaluate, report, demo.",
+    "evaluate, report, demo, export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -44,5 +45,12 @@ def main() -> None:
     except MedtransError as err:
         if _DEBUG["on"] or "--debug" in sys.argv:
             raise
-        err_console.print(f"[bold red]error:[/] {err}", soft_wrap=True, highlight=False)
+        # under torchrun (WORLD_SIZE > 1) the line names the rank, and the exit skips gloo's destructors
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        prefix = f"rank {os.environ.get('RANK', '0')}/{os.environ['WORLD_SIZE']}: " if launched else ""
+        err_console.print(f"[bold red]{prefix}error:[/] {err}", soft_wrap=True, highlight=False)
+        if launched:
+            from medtrans.engine.distributed import finish
+
+            finish(2)
         sys.exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from medtrans.cli import app
 
 @app.command("predict")
 def predict(
-    run_dir: Path = typer.Argument(..., help="A training run folder (config.yaml, plan.json, checkpoints/)."),
+    run_dir: Path = typer.Argument(..., help="A training run folder (config.yaml, plan.json, checkpoints/), "
+                                   "or a model.onnx from medtrans export (run with onnxruntime)."),
     inputs: list[Path] = typer.Argument(
         ..., help="Image files (single-source models), subject folders (<modality>.nii.gz …) or DICOM series "
         "folders."),
@@ -37,6 +39,8 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     allow_synthetic: bool = typer.Option(False, "--allow-synthetic", help="Accept sources marked SYNTHETIC "
                                          "(refused by default: a synthetic of a synthetic)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="N processes on this machine (torchrun), each "
+                              "translating a disjoint share of the subjects (one per GPU)."),
 ) -> None:
     """Translate whole volumes: inverse-normalised to original units, on the source grid, marked synthetic.
 
@@ -45,13 +49,22 @@ def predict(
     Example (8 flow-matching samples of 10 steps, mean and std): medtrans predict runs/t1_t2_flow
     data/test/sub-001 -o synth/ --steps 10 --samples 8 --seed 1
     """
-    from medtrans.engine.predictor import Predictor
+    from medtrans.engine import distributed
+    from medtrans.engine.predictor import Predictor, resolve_device
     from medtrans.errors import MedtransError
 
     if checkpoint not in ("best", "last"):
         raise MedtransError(None, f"--checkpoint {checkpoint!r} is not known", "use best or last")
-    predictor = Predictor.from_run(run_dir, which=checkpoint, device=device, batch_size=batch_size,
-                                   steps=steps, samples=samples, seed=seed, tta=tta)
+    if nproc > 1 and not distributed.launched():
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
+    device = str(distributed.rank_device(resolve_device(device)))  # cuda:LOCAL_RANK under torchrun
+    if run_dir.suffix == ".onnx":
+        from medtrans.engine.export import onnx_predictor
+
+        predictor = onnx_predictor(run_dir, batch_size=batch_size, tta=tta)
+    else:
+        predictor = Predictor.from_run(run_dir, which=checkpoint, device=device, batch_size=batch_size,
+                                       steps=steps, samples=samples, seed=seed, tta=tta)
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slices"),
                TimeElapsedColumn())
@@ -65,7 +78,8 @@ def predict(
             bar.update(tasks[subject], completed=done)
 
         written = predictor.predict_paths(inputs, out, fmt=fmt, progress=progress,
-                                          allow_synthetic=allow_synthetic)
+                                          allow_synthetic=allow_synthetic,
+                                          part=(distributed.rank(), distributed.world_size()))
     seconds = time.perf_counter() - start
     for path in written:
         typer.echo(str(path))

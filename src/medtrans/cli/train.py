@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -22,12 +23,16 @@ def train(
                                 "where it stopped."),
     stop_after: int = typer.Option(None, "--stop-after", min=1, help="End this session after N steps (write "
                                    "checkpoints/last; continue later with --resume)."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes on this machine (torchrun "
+                              "--standalone; one per GPU, or CPU processes with gloo). optim.batch_size "
+                              "stays the global batch."),
 ) -> None:
     """Train a translation model; writes config, plan, splits, checkpoints, logs and sample grids.
 
     Example: medtrans train configs/phantom_t1_t2_regression.yaml --set optim.steps=200 --run-dir runs/t1t2
     """
     from medtrans.config import load_config
+    from medtrans.engine import distributed
     from medtrans.engine.run import CONFIG_FILE
     from medtrans.engine.trainer import train as run_training
     from medtrans.errors import MedtransError
@@ -44,13 +49,19 @@ def train(
         raise MedtransError(run_dir, "--run-dir and --resume both given", "--resume continues the run in its "
                             "own folder; drop --run-dir")
     cfg = load_config(config, overrides)
+    if nproc > 1 and not distributed.launched():
+        distributed.per_rank_batch(cfg.optim.batch_size, world=nproc)
+        raise typer.Exit(distributed.launch(nproc, sys.argv[1:]))
     try:
         folder = run_training(cfg, run_dir=run_dir, resume=resume, stop_after=stop_after)
     except KeyboardInterrupt:  # checkpoints/last is written: the shell must not go on as if finished
         raise typer.Exit(130) from None
+    if not distributed.is_main():
+        distributed.finish(0)
     console = Console(stderr=True)
     best = folder / "checkpoints" / "best"
     console.print(f"run: {folder}")
     console.print(f"checkpoints: {best if best.exists() else folder / 'checkpoints' / 'last'}")
     console.print(f"logs: {folder / 'logs' / 'metrics.csv'} (tensorboard --logdir {folder / 'logs'})")
     typer.echo(str(folder))
+    distributed.finish(0)

@@ -171,13 +171,15 @@ class Predictor:
     def predict_paths(self, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                       fmt: str | None = None,
                       progress: Callable[[str, int, int], None] | None = None,
-                      allow_synthetic: bool = False) -> list[Path]:
+                      allow_synthetic: bool = False, part: tuple[int, int] = (0, 1)) -> list[Path]:
         """Translate every input and write ``<out_dir>/<subject>.nii.gz`` (or ``<subject>/`` DICOM).
 
         ``fmt`` is ``"nii"``, ``"dcm"`` or None (DICOM when the input was DICOM, else NIfTI).
         ``progress(subject, done_slices, total_slices)`` is called as slices finish. Every input is
         read and checked (readable, modalities, geometry, not marked synthetic unless
         ``allow_synthetic``) before anything is written; a failed run leaves no new empty ``out_dir``.
+        ``part=(k, n)`` translates only every n-th subject from the k-th (one process of n, e.g. a
+        torchrun rank): the n parts are disjoint and together are all subjects.
         """
         from medtrans.io import SyntheticInfo, load, save
 
@@ -199,7 +201,7 @@ class Predictor:
         created = not out_dir.exists()
         written = []
         try:
-            for subject, paths, is_dicom in resolved:
+            for subject, paths, is_dicom in resolved[part[0]::part[1]]:
                 volumes = {m: load(p, modality=m) for m, p in paths.items()}
                 first = next(m for m in self.sources if m in volumes)
                 reference = volumes[first]

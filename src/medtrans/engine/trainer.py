@@ -31,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel
 from medtrans.config import Config, OptimConfig, dump_config
 from medtrans.data.missing import drop_sources, with_availability
 from medtrans.engine import checkpoint as ckpt
+from medtrans.engine import distributed
 from medtrans.engine.data import TrainData, ValSubject, build_data
 from medtrans.engine.inferers import Sampling, SliceInferer, build_inferer, method_moments
 from medtrans.engine.predictor import resolve_device
@@ -136,14 +137,18 @@ class Trainer:
     def __init__(self, config: Config, run_dir: Path, resume: bool) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.device = resolve_device(config.device)
+        self.device = distributed.init(resolve_device(config.device))
+        self.rank_batch = distributed.per_rank_batch(config.optim.batch_size)
         seed_everything(config.seed)
-        self.data: TrainData = build_data(config, run_dir, reuse=resume)
+        # rank 0 writes plan, splits and cache; the other ranks then read them back
+        self.data: TrainData = distributed.main_first(
+            lambda main: build_data(config, run_dir, reuse=resume or not main))
         self.spatial_dims = config.data.spatial_dims
         self.memory_format = self._memory_format()
         self.method: Method = build_method(config).to(self.device)
         if self.memory_format is not None:
             self.method = self.method.to(memory_format=self.memory_format)
+        distributed.broadcast_module(self.method)
         self.groups = tuple(self.method.groups)
         self.group_params = {g: list(self.method.group_parameters(g)) for g in self.groups}
         self._check_groups()
@@ -201,6 +206,8 @@ class Trainer:
         return state, tensors
 
     def save(self, which: str) -> Path:
+        if not distributed.is_main():
+            return self.run_dir / "checkpoints" / which
         state, tensors = self._state()
         model = self.ema.module.state_dict() if self.ema is not None else self.method.state_dict()
         meta = {"method": self.config.method.name, "step": str(self.progress.step),
@@ -245,6 +252,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One update of every group in order; returns the named loss values ``group/name``."""
         logged: dict[str, float] = {}
+        distributed.seed_step(self.config.seed, self.progress.step)
         if self.config.data.source_dropout > 0:  # the same dropped batch for every group
             batch = {**batch, "source": drop_sources(batch["source"], len(self.config.data.sources),
                                                      self.config.data.source_dropout)}
@@ -263,6 +271,7 @@ class Trainer:
                                         f"step {self.progress.step + 1}", "lower optim.lr, set "
                                         "optim.grad_clip, or turn optim.amp off")
                 total.backward()
+                distributed.sync_gradients(self.group_params[group])
                 if self.config.optim.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.group_params[group], self.config.optim.grad_clip)
                 opt.step()
@@ -273,7 +282,7 @@ class Trainer:
             logged.update({f"{group}/{name}": float(v.detach()) for name, v in terms.items()})
         if self.ema is not None:
             self.ema.update_parameters(self.method)
-        return logged
+        return distributed.mean_over_ranks(logged)
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Batches from the current (epoch, position) on, forever, advancing epoch and position."""
@@ -283,8 +292,8 @@ class Trainer:
             # the sampler's item i is a function of (seed, epoch, i): read it in order from the position
             loader = torch.utils.data.DataLoader(
                 self.data.train,
-                batch_size=bs,
-                sampler=range(self.progress.position * bs, self.steps_per_epoch * bs),
+                batch_size=self.rank_batch,
+                sampler=distributed.shard_indices(self.progress.position, self.steps_per_epoch, bs),
                 drop_last=True,
                 num_workers=self.config.data.num_workers,
                 # its own generator: creating the loader must not draw from the global torch RNG
@@ -394,11 +403,12 @@ class Trainer:
         cfg = self.config
         p = self.progress
         # rows after the checkpoint (or, for a new run, from an earlier attempt that crashed) are dropped
-        log = MetricLog(self.run_dir / "logs", cfg.logging.tensorboard, start_step=p.step)
+        main = distributed.is_main()
+        log = MetricLog(self.run_dir / "logs", cfg.logging.tensorboard, start_step=p.step) if main else None
         end = self.total_steps if stop_after is None else min(self.total_steps, p.step + stop_after)
         self.method.train()
         try:
-            with _progress_bar(cfg.logging.progress, self.total_steps, p.step) as bar, \
+            with _progress_bar(cfg.logging.progress and main, self.total_steps, p.step) as bar, \
                     _stop_on_interrupt() as interrupted:
                 window_start, window_steps = time.perf_counter(), 0
                 session_start = window_start
@@ -411,9 +421,11 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_steps * cfg.optim.batch_size / max(now - window_start, 1e-9)
                     bar.update(p.step, losses, rate)
-                    out_of_time = time_limit is not None and now - session_start >= time_limit
-                    stopping = p.step == end or interrupted.is_set() or out_of_time
-                    if p.step % cfg.logging.every == 0 or stopping:
+                    out_of_time = distributed.any_rank(time_limit is not None
+                                                       and now - session_start >= time_limit)
+                    interrupt = distributed.any_rank(interrupted.is_set())
+                    stopping = p.step == end or interrupt or out_of_time
+                    if log is not None and (p.step % cfg.logging.every == 0 or stopping):
                         lrs = {f"lr/{g}": s.get_last_lr()[0] for g, s in self.schedulers.items()}
                         log.scalars(p.step, p.epoch, {**losses, **lrs, "samples_per_s": rate})
                         window_start, window_steps = now, 0
@@ -421,18 +433,21 @@ class Trainer:
                     # a spent wall-clock budget ends the run as its last step would: validate, save
                     due = bool(cfg.validation.every) and p.step % cfg.validation.every == 0
                     if finished or out_of_time or due:
-                        self.validate(log)
+                        if log is not None:
+                            self.validate(log)
+                        distributed.barrier()  # the other ranks wait for rank 0's validation
                     if finished or stopping or p.step % cfg.checkpoint.every == 0:
                         self.save("last")
                     if out_of_time:
                         break
-                    if interrupted.is_set():
+                    if interrupt:
                         _console().print(f"interrupted after step {p.step}: checkpoints/last written; "
                                          f"continue with medtrans train --resume {self.run_dir}",
                                          markup=False, highlight=False)
                         raise KeyboardInterrupt(f"training interrupted after step {p.step}")
         finally:
-            log.close()
+            if log is not None:
+                log.close()
         return self.run_dir
 
 
@@ -548,8 +563,10 @@ def train(config: Config, run_dir: str | os.PathLike | None = None,
     ``time_limit`` after that many seconds of training. Ctrl-C stops after the current step, writes
     ``checkpoints/last`` and raises KeyboardInterrupt.
     """
-    config, folder = prepare_run_dir(config, None if run_dir is None else Path(run_dir),
-                                     None if resume is None else Path(resume))
+    distributed.init(resolve_device(config.device))
+    prepared = prepare_run_dir(config, None if run_dir is None else Path(run_dir),
+                               None if resume is None else Path(resume)) if distributed.is_main() else None
+    config, folder = distributed.broadcast_object(prepared)  # the same folder (time-stamped name) everywhere
     with deterministic_mode(config.deterministic):
         trainer = Trainer(config, folder, resume=resume is not None)
         return trainer.fit(stop_after=stop_after, time_limit=time_limit)

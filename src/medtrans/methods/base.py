@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -11,6 +12,50 @@ from torch import Tensor, nn
 
 from medtrans.errors import MedtransError
 from medtrans.methods.schedules import Noise
+
+
+@dataclass
+class ExportSpec:
+    """What ``medtrans export`` writes to ONNX for a method (see ``Method.export_network``).
+
+    ``network(*inputs.values())`` is traced; ``inputs`` name the ONNX inputs in call order (their
+    batch and spatial axes become dynamic); ``schedule`` is whatever a multi-step method's sampling loop
+    needs around the network (step count, time grid, noise schedule …), written as JSON beside the
+    .onnx; it is empty for one-pass methods, whose network maps the source to the prediction.
+    """
+
+    network: nn.Module
+    inputs: dict[str, Tensor]
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+
+class _Translation(nn.Module):
+    """``source → translate(source)[0]``: the whole translation of a one-pass method as one module."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, source: Tensor) -> Tensor:
+        return self.method.translate(source)[0]
+
+
+class StepNetwork(nn.Module):
+    """``(x_t, source, t) → net(x_t ‖ source, t)``: the network one sampler step of a multi-step method
+    calls (diffusion, flow), exported with its schedule so a runtime outside Python can run the loop."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_t: Tensor, source: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([x_t, source], dim=1), t)
+
+    @staticmethod
+    def spec(net: nn.Module, source: Tensor, out_channels: int, schedule: dict[str, Any]) -> ExportSpec:
+        x_t = torch.zeros(source.shape[0], out_channels, *source.shape[2:], dtype=source.dtype)
+        t = torch.full((source.shape[0],), 0.5)
+        return ExportSpec(StepNetwork(net), {"x_t": x_t, "source": source, "t": t}, schedule)
 
 
 class Method(nn.Module, ABC):
@@ -112,3 +157,16 @@ class Method(nn.Module, ABC):
     def example_input(self, batch_size: int, size: int) -> Tensor:
         """A source tensor of the right shape, for tracing, export and benchmarks."""
         return torch.zeros(batch_size, self.in_channels, *([size] * self.spatial_dims))
+
+    def export_network(self, source: Tensor) -> ExportSpec:
+        """The network ``medtrans export`` writes, given an example ``source`` batch.
+
+        One-pass methods export their whole translation (the default). A multi-step method returns its
+        step network (e.g. ``net(x_t ‖ source, t)`` with example inputs of the right shapes) and the
+        schedule its sampling loop needs.
+        """
+        if self.default_steps is not None:
+            raise MedtransError(None, f"{type(self).__name__} samples in several network passes and names no "
+                                "step network to export", "give the method an export_network returning its "
+                                "step network, example inputs and schedule")
+        return ExportSpec(network=_Translation(self), inputs={"source": source})

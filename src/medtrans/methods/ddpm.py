@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from medtrans.methods.base import Method
+from medtrans.methods.base import ExportSpec, Method, StepNetwork
 from medtrans.methods.losses import check_choice, reconstruction
 from medtrans.methods.schedules import DiffusionSchedule, Noise, randn_like
 from medtrans.nets import build_backbone
@@ -96,3 +96,11 @@ class DDPM(Method):
             output = self.denoise(x, source, batch_index).float()
             x = self.schedule.step(output, index, next_index, x, self.eta, noise)
         return x
+
+    def export_network(self, source: Tensor) -> ExportSpec:
+        """The denoiser ``net(x_i ‖ source, t = i / T)`` and the DDIM loop's schedule (ᾱ per index)."""
+        return StepNetwork.spec(self.net, source, self.out_channels, {
+            "kind": "ddpm_ddim", "time": "t = i / timesteps; sample from i = timesteps (noise) to 0",
+            "timesteps": self.schedule.timesteps, "prediction": self.schedule.prediction,
+            "clip": self.schedule.clip, "eta": self.eta, "default_steps": self.default_steps,
+            "alpha_bar": [float(a) for a in self.schedule.alpha_bar]})

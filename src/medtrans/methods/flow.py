@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from medtrans.errors import MedtransError
-from medtrans.methods.base import Method
+from medtrans.methods.base import ExportSpec, Method, StepNetwork
 from medtrans.methods.losses import check_choice, reconstruction
 from medtrans.methods.schedules import FlowSchedule, Noise
 from medtrans.nets import build_backbone
@@ -121,3 +121,10 @@ class FlowMatching(Method):
                     guess = x + (t_next - t) * (v + self.velocity(guess, source, t_next)) / 2
                 x = guess
         return x
+
+    def export_network(self, source: Tensor) -> ExportSpec:
+        """The velocity network ``net(x_t ‖ source, t)`` and what its integration loop needs."""
+        return StepNetwork.spec(self.net, source, self.out_channels, {
+            "kind": "flow", "time": "t = 1 (start) to 0 (target), evenly spaced; velocity dx/dt",
+            "start": self.schedule.start, "sigma": self.schedule.sigma, "solver": self.solver,
+            "default_steps": self.default_steps})
