@@ -162,3 +162,14 @@ def test_build_method_lets_a_bug_inside_a_constructor_propagate(tmp_path: Path) 
     assert not isinstance(caught.value, MedtransError)
     good = build_method(validate_config(BASE))
     assert sum(p.numel() for p in good.parameters()) > 0
+
+
+def test_amp_auto_means_bf16_only_where_it_is_native() -> None:
+    import torch
+
+    from medtrans.engine.predictor import resolve_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp(True, cpu) is True and resolve_amp(False, cpu) is False
+    # auto follows oneDNN's own probe of native bf16 (AVX512-BF16 / AMX) on this CPU
+    assert resolve_amp("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

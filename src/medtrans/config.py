@@ -123,7 +123,9 @@ class OptimConfig(_Strict):
     steps: int | None = Field(None, ge=1)
     epochs: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
-    amp: bool = False
+    amp: bool | Literal["auto"] = Field(False, description="bf16 autocast: true, false, or auto (on "
+                                        "where the device computes bf16 natively: CUDA with bf16, CPUs "
+                                        "with AVX512-BF16/AMX; elsewhere bf16 is emulated and slower)")
     channels_last: bool = False
     ema: float | None = Field(None, gt=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)

@@ -28,6 +28,20 @@ from medtrans.engine.inferers import Inferer, Sampling, build_inferer, method_mo
 from medtrans.errors import MedtransError
 
 
+def resolve_amp(setting: bool | str, device: torch.device) -> bool:
+    """``optim.amp``: ``auto`` is bf16 autocast only where bf16 is native. On a CPU without
+    AVX512-BF16 / AMX, oneDNN emulates bf16 and an autocast U-Net step ran 6–7× slower than fp32
+    (docs/BENCHMARKS.md), so auto means fp32 there."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the probe: play safe
+        return False
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` is CUDA when present, else CPU; anything else is passed to torch."""
     if device == "auto":
@@ -100,7 +114,7 @@ class Predictor:
         return cls(
             method=method, config=config, plan=plan, name=name, device=torch_device,
             batch_size=batch_size or max(1, int(config.optim.batch_size)), sampling=sampling,
-            amp=bool(config.optim.amp), memory_format=memory_format,
+            amp=resolve_amp(config.optim.amp, torch_device), memory_format=memory_format,
         )
 
     @property

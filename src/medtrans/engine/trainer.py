@@ -34,7 +34,7 @@ from medtrans.engine import checkpoint as ckpt
 from medtrans.engine import distributed
 from medtrans.engine.data import TrainData, ValSubject, build_data
 from medtrans.engine.inferers import Sampling, SliceInferer, build_inferer, method_moments
-from medtrans.engine.predictor import resolve_device
+from medtrans.engine.predictor import resolve_amp, resolve_device
 from medtrans.engine.run import CONFIG_FILE, build_method, read_run_config
 from medtrans.engine.runlog import MetricLog, sample_grid, save_figure
 from medtrans.errors import MedtransError
@@ -138,6 +138,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.device = distributed.init(resolve_device(config.device))
+        self.amp = resolve_amp(config.optim.amp, self.device)
         self.rank_batch = distributed.per_rank_batch(config.optim.batch_size)
         seed_everything(config.seed)
         # rank 0 writes plan, splits and cache; the other ranks then read them back
@@ -235,7 +236,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- steps
     def _autocast(self) -> Any:
-        if not self.config.optim.amp:
+        if not self.amp:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -317,7 +318,7 @@ class Trainer:
                                 self.data.patch_size, cfg.inference.overlap)
         sampling = Sampling(steps=cfg.inference.steps if model.default_steps is not None else None,
                             seed=cfg.inference.seed)
-        moments = method_moments(model, sampling, self.device, cfg.optim.amp, self.memory_format)
+        moments = method_moments(model, sampling, self.device, self.amp, self.memory_format)
         source = subject.source
         if cfg.data.source_dropout > 0:  # every source present at validation
             source = with_availability(source, [True] * len(cfg.data.sources))
