@@ -72,4 +72,6 @@ METHODS = Registry("method", {
     "cyclegan": "medtrans.methods.cyclegan",
     "ddpm": "medtrans.methods.ddpm",
     "flow": "medtrans.methods.flow",
+    "vqvae": "medtrans.methods.vqvae",
+    "vqar": "medtrans.methods.vqar",
 })

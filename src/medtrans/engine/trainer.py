@@ -140,11 +140,12 @@ class Trainer:
         self.data: TrainData = build_data(config, run_dir, reuse=resume)
         self.spatial_dims = config.data.spatial_dims
         self.memory_format = self._memory_format()
-        self.method: Method = build_method(config).to(self.device)
+        self.method: Method = build_method(config, init_weights=not resume).to(self.device)
         if self.memory_format is not None:
             self.method = self.method.to(memory_format=self.memory_format)
         self.groups = tuple(self.method.groups)
-        self.group_params = {g: list(self.method.group_parameters(g)) for g in self.groups}
+        self.group_params = {g: [p for p in self.method.group_parameters(g) if p.requires_grad]
+                             for g in self.groups}
         self._check_groups()
         self.steps_per_epoch = len(self.data.train) // config.optim.batch_size
         if self.steps_per_epoch < 1:
@@ -305,7 +306,9 @@ class Trainer:
         sampling = Sampling(steps=cfg.inference.steps if model.default_steps is not None else None,
                             seed=cfg.inference.seed)
         moments = method_moments(model, sampling, self.device, cfg.optim.amp, self.memory_format)
-        array = torch.from_numpy(np.ascontiguousarray(subject.source, dtype=np.float32))
+        # a first-stage autoencoder is scored on reconstructing the target
+        given = subject.target[None] if model.reconstructs else subject.source
+        array = torch.from_numpy(np.ascontiguousarray(given, dtype=np.float32))
         chosen = None
         multi_step = model.default_steps is not None
         if isinstance(inferer, SliceInferer) and multi_step and cfg.validation.max_slices:

@@ -38,6 +38,10 @@ class Method(nn.Module, ABC):
     stochastic: ClassVar[bool] = False
     #: sampling steps when none are asked for; None for one-pass methods, which refuse ``steps``
     default_steps: ClassVar[int | None] = None
+    #: a first-stage autoencoder: trainer validation feeds it the target, and predict refuses it
+    reconstructs: ClassVar[bool] = False
+    #: sub-networks (attribute names) that must come from an earlier run through ``init_from``
+    stage_networks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int = 1) -> None:
         super().__init__()
