@@ -1,13 +1,13 @@
 """vqar costs and ceiling: stage-1 reconstruction PSNR, and sampling tokens/s with and without the KV cache.
 
-(a) A brain phantom (``--subjects`` × ``--size``, T1 → T2) trains the ``vqvae`` of
-``configs/phantom_t2_vqvae.yaml`` (its autoencoder options) for ``--steps`` through the real trainer;
-printed: the validation reconstruction PSNR of the target (the ceiling of any vqar on it) and, as the
-reference measured in the same run, the PSNR of the validation T1 taken as the T2 prediction.
-(b) A ``vqar`` with the recipe's transformer (random weights: speed does not depend on them) samples
-``--batch`` slices of ``--slice``² (L = (slice / 4)² tokens each); printed: medians over
-``--repeats`` of tokens/s with the cache and without it (the prefix re-run per token, as MONAI), and
-their ratio. Run: ``.venv/bin/python benchmarks/bench_vqar.py`` (a few minutes on 2 cores).
+(b), measured first: a ``vqar`` with the recipe's transformer (random weights: speed does not depend
+on them) samples ``--batch`` slices of ``--slice``² (L = (slice / 4)² tokens each); printed: medians
+over ``--repeats`` of tokens/s with the cache and without it (the prefix re-run for every token, as
+MONAI does), and their ratio. (a) A brain phantom (``--subjects`` × ``--size``, T1 → T2) trains the
+``vqvae`` of ``configs/phantom_t2_vqvae.yaml`` (its autoencoder options) for ``--steps`` (0: skip)
+through the real trainer; printed: the validation reconstruction PSNR of the target (the ceiling of
+any vqar on it) and, as the reference from the same run, the PSNR of the validation T1 read as T2.
+Run: ``.venv/bin/python benchmarks/bench_vqar.py`` (minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -67,28 +67,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = write_phantom(Path(tmp) / "phantom", PhantomSpec(anatomy="brain", size=tuple(args.size),
-                                                                 modalities=("t1", "t2"), seed=0),
-                             subjects=args.subjects)
-        ceiling, identity = stage1(root, Path(tmp) / "runs", args.steps)
-    print(f"stage 1 ({args.steps} steps, {args.size}): reconstruction PSNR {ceiling:.2f} dB; "
-          f"reference T1-as-T2 PSNR {identity:.2f} dB")
     recipe = yaml.safe_load((REPO / "configs" / "phantom_t1_t2_vqar.yaml").read_text())["method"]["args"]
     torch.manual_seed(0)
     method = VQAR(2, 1, **recipe).eval()
     source = torch.randn(args.batch, 1, args.slice, args.slice)
     with torch.inference_mode():
         tokens_per_second(method, source[:1, :, :8, :8], True)  # warm-up
-        rates = {True: [], False: []}
+        rates: dict[bool, list[float]] = {True: [], False: []}
         for _ in range(args.repeats):
             for cached in (True, False):
                 rates[cached].append(tokens_per_second(method, source, cached))
     cached, plain = statistics.median(rates[True]), statistics.median(rates[False])
     length = (args.slice // method.vqvae.downsample) ** 2
+    runs = {k: [round(r) for r in v] for k, v in rates.items()}
     print(f"sampling {args.batch} × {length} tokens: KV cache {cached:.0f} tokens/s, without "
-          f"{plain:.0f} tokens/s, ratio {cached / plain:.2f}×  (runs: {rates})")
-
+          f"{plain:.0f} tokens/s, ratio {cached / plain:.2f}×  (runs: {runs})", flush=True)
+    if args.steps == 0:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_phantom(Path(tmp) / "phantom", PhantomSpec(anatomy="brain", size=tuple(args.size),
+                                                                 modalities=("t1", "t2"), seed=0),
+                             subjects=args.subjects)
+        ceiling, identity = stage1(root, Path(tmp) / "runs", args.steps)
+    print(f"stage 1 ({args.steps} steps, {args.size}): reconstruction PSNR {ceiling:.2f} dB; "
+          f"reference T1-as-T2 PSNR {identity:.2f} dB", flush=True)
 
 if __name__ == "__main__":
     main()
