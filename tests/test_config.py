@@ -122,7 +122,7 @@ def test_training_differences_ignore_length_and_logging(tmp_path: Path) -> None:
 def test_every_recipe_validates_and_builds(recipe: Path) -> None:
     config = load_config(recipe)
     assert isinstance(config, Config)
-    method = build_method(config)
+    method = build_method(config, init_weights=False)  # init_from runs (stage 1) are trained first
     assert set(method.groups) and sum(p.numel() for p in method.parameters()) > 0
 
 

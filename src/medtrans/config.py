@@ -108,6 +108,20 @@ class Component(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class InitFrom(_Strict):
+    """Start a sub-network of the method from another run's trained weights (staged training)."""
+
+    network: str = Field(description="attribute name of the sub-network in this method, e.g. vqvae")
+    run: Path = Field(description="the earlier run's folder")
+    checkpoint: Literal["best", "last"] = "best"
+    source: str | None = Field(None, description="its name in the earlier run (default: network)")
+    freeze: bool = Field(False, description="keep it fixed: no gradients, eval mode, not optimised")
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.network
+
+
 class OptimConfig(_Strict):
     """Optimisation: one optimiser per method group, all sharing these settings unless overridden."""
 
@@ -178,7 +192,7 @@ class Config(_Strict):
     runs_dir: Path = Path("runs")
     data: DataConfig
     plan: PlanConfig = Field(default_factory=PlanConfig)
-    backbone: Component
+    backbone: Component | None = Field(None, description="None for methods that build their own networks")
     method: Component
     discriminator: Component | None = None
     optim: OptimConfig
@@ -189,6 +203,8 @@ class Config(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    init_from: list[InitFrom] = Field(default_factory=list, description="sub-networks loaded from "
+                                      "earlier runs right after the method is built")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types (paths as strings), every default filled in."""
@@ -217,7 +233,9 @@ class Config(_Strict):
                                             "cache_dir": absolute(self.data.cache_dir),
                                             "splits_file": absolute(self.data.splits_file)})
         plan = self.plan.model_copy(update={"path": absolute(self.plan.path)})
-        return self.model_copy(update={"data": data, "plan": plan, "runs_dir": absolute(self.runs_dir)})
+        init_from = [e.model_copy(update={"run": absolute(e.run)}) for e in self.init_from]
+        return self.model_copy(update={"data": data, "plan": plan, "runs_dir": absolute(self.runs_dir),
+                                       "init_from": init_from})
 
 
 #: keys a resumed run may change: length, logging, validation, checkpointing, device, where data live
@@ -317,7 +335,9 @@ def _check_components(config: Config, path: str | os.PathLike | None) -> None:
     """Registered names and their ``args`` are checked here, so a typo fails before any data is read."""
     from medtrans.registry import BACKBONES, DISCRIMINATORS, LAYOUTS, METHODS
 
-    checks = [("backbone", config.backbone, BACKBONES), ("method", config.method, METHODS)]
+    checks = [("method", config.method, METHODS)]
+    if config.backbone is not None:
+        checks.append(("backbone", config.backbone, BACKBONES))
     if config.discriminator is not None:
         checks.append(("discriminator", config.discriminator, DISCRIMINATORS))
     if config.data.layout is not None and config.data.layout not in LAYOUTS.names():
@@ -332,6 +352,8 @@ def _check_components(config: Config, path: str | os.PathLike | None) -> None:
             raise MedtransError(path, f"data.paired: false, but method {component.name!r} learns from pairs",
                                 "set data.paired: true, or use an unpaired method such as cyclegan")
         params = inspect.signature(cls).parameters
+        if key == "method":
+            _check_method_slots(config, component.name, cls, params, path)
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             continue
         allowed = [n for n in params if n not in _ENGINE_ARGS]
@@ -339,6 +361,20 @@ def _check_components(config: Config, path: str | os.PathLike | None) -> None:
             if arg not in allowed:
                 raise MedtransError(path, f"{key}.args.{arg}: not an argument of {registry.kind} "
                                     f"{component.name!r}", f"allowed: {', '.join(allowed) or 'none'}")
+
+
+def _check_method_slots(config: Config, name: str, cls: Any, params: Any,
+                        path: str | os.PathLike | None) -> None:
+    """A backbone only for methods that take one, and the stage networks a method needs from init_from."""
+    if config.backbone is not None and "backbone" not in params:
+        raise MedtransError(path, f"backbone: method {name!r} builds its own networks",
+                            "drop the backbone section (set them under method.args)")
+    given = {entry.network for entry in config.init_from}
+    for network in getattr(cls, "stage_networks", ()):
+        if network not in given:
+            raise MedtransError(path, f"method {name!r} trains on a stage-1 run's {network}, but init_from "
+                                f"has no {network}", f"add init_from: [{{network: {network}, run: "
+                                "STAGE1_RUN, freeze: true}]")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -77,4 +77,6 @@ METHODS = Registry("method", {
     "syndiff": "medtrans.methods.syndiff",
     "cvae": "medtrans.methods.cvae",
     "unit": "medtrans.methods.unit",
+    "vqvae": "medtrans.methods.vqvae",
+    "vqar": "medtrans.methods.vqar",
 })

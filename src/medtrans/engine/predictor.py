@@ -98,6 +98,11 @@ class Predictor:
         """A predictor for a method already built (``from_run`` and benchmarks): eval mode, on
         ``device``, with the run's AMP and channels-last settings; unset sampling options come from
         the run's ``inference`` block. A step count for a one-pass method is refused here."""
+        if getattr(method, "reconstructs", False):
+            raise MedtransError(None, f"{name} is a {config.method.name} run: a first stage that "
+                                f"reconstructs {config.data.target} images and cannot translate a source",
+                                f"train the second stage from it, e.g. method vqar with init_from: "
+                                f"[{{network: vqvae, run: {name.rsplit(':', 1)[0]}, freeze: true}}]")
         torch_device = resolve_device(device)
         memory_format = None
         if config.optim.channels_last:  # as trained: the fast CPU path

@@ -32,16 +32,20 @@ PLAN_FILE = "plan.json"
 SPLITS_FILE = "splits.json"
 
 
-def build_method(config: Config) -> Method:
-    """Construct the configured method exactly as the DESIGN contract says (untrained weights)."""
+def build_method(config: Config, init_weights: bool = True) -> Method:
+    """Construct the configured method exactly as the DESIGN contract says (untrained weights), then
+    apply ``init_from``: load earlier runs' networks (unless ``init_weights`` is False: resume and
+    read-back take every weight from the run's own checkpoint) and freeze those asked for."""
+    from medtrans.engine.init_from import apply_init_from
     from medtrans.registry import METHODS
 
     cls = METHODS.get(config.method.name)
     kwargs: dict[str, Any] = dict(config.method.args)
     if config.discriminator is not None:
         kwargs["discriminator"] = {"name": config.discriminator.name, **config.discriminator.args}
-    kwargs.update(spatial_dims=config.data.spatial_dims, in_channels=config.data.in_channels, out_channels=1,
-                  backbone={"name": config.backbone.name, **config.backbone.args})
+    kwargs.update(spatial_dims=config.data.spatial_dims, in_channels=config.data.in_channels, out_channels=1)
+    if config.backbone is not None:
+        kwargs["backbone"] = {"name": config.backbone.name, **config.backbone.args}
     try:  # the arguments are checked against the signature; a TypeError raised inside is a real bug
         inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
@@ -49,7 +53,9 @@ def build_method(config: Config) -> Method:
             None, f"method {config.method.name!r} rejected its arguments ({err})",
             "check method.args, backbone.args and discriminator against docs/TRAINING.md",
         ) from None
-    return cls(**kwargs)
+    method = cls(**kwargs)
+    apply_init_from(method, config.init_from, load=init_weights)
+    return method
 
 
 def read_run_config(run_dir: str | os.PathLike) -> Config:
@@ -83,7 +89,7 @@ def load_trained(run_dir: str | os.PathLike, which: str = "best") -> tuple[Metho
     if not plan_path.is_file():
         raise MedtransError(run_dir, "run has no plan.json", "the run was not written completely; retrain")
     plan = Plan.load(plan_path)
-    method = build_method(config)
+    method = build_method(config, init_weights=False)
     folder = checkpoint_dir(run_dir, which)
     missing, unexpected = method.load_state_dict(load_model_weights(folder), strict=False)
     if missing or unexpected:

@@ -146,12 +146,13 @@ class Trainer:
             lambda main: build_data(config, run_dir, reuse=resume or not main))
         self.spatial_dims = config.data.spatial_dims
         self.memory_format = self._memory_format()
-        self.method: Method = build_method(config).to(self.device)
+        self.method: Method = build_method(config, init_weights=not resume).to(self.device)
         if self.memory_format is not None:
             self.method = self.method.to(memory_format=self.memory_format)
         distributed.broadcast_module(self.method)
         self.groups = tuple(self.method.groups)
-        self.group_params = {g: list(self.method.group_parameters(g)) for g in self.groups}
+        self.group_params = {g: [p for p in self.method.group_parameters(g) if p.requires_grad]
+                             for g in self.groups}
         self._check_groups()
         self.steps_per_epoch = len(self.data.train) // config.optim.batch_size
         if self.steps_per_epoch < 1:
@@ -319,8 +320,9 @@ class Trainer:
         sampling = Sampling(steps=cfg.inference.steps if model.default_steps is not None else None,
                             seed=cfg.inference.seed)
         moments = method_moments(model, sampling, self.device, self.amp, self.memory_format)
-        source = subject.source
-        if cfg.data.source_dropout > 0:  # every source present at validation
+        # a first-stage autoencoder is scored on reconstructing the target
+        source = subject.target[None] if model.reconstructs else subject.source
+        if cfg.data.source_dropout > 0 and not model.reconstructs:  # every source present at validation
             source = with_availability(source, [True] * len(cfg.data.sources))
         array = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
         chosen = None

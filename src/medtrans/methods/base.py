@@ -86,6 +86,10 @@ class Method(nn.Module, ABC):
     #: trains and translates on its own (False for a stage of a staged model, e.g. a VQ-VAE, which
     #: ``medtrans benchmark``'s ``entries: all`` leaves out)
     standalone: ClassVar[bool] = True
+    #: a first-stage autoencoder: trainer validation feeds it the target, and predict refuses it
+    reconstructs: ClassVar[bool] = False
+    #: sub-networks (attribute names) that must come from an earlier run through ``init_from``
+    stage_networks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int = 1) -> None:
         super().__init__()
