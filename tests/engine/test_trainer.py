@@ -48,7 +48,7 @@ def test_cli_train_writes_the_run_directory(phantom_root: Path, tmp_path: Path) 
     config = load_config(run_dir / "config.yaml")
     assert config.optim.steps == 3 and config.backbone.args == {"depth": 2, "width": 4}
     assert config.data.root == phantom_root.resolve()  # absolute: the run resumes from any directory
-    assert config.optim.amp is True and config.optim.ema == pytest.approx(0.995)  # the recipe's own
+    assert config.optim.amp == "auto" and config.optim.ema == pytest.approx(0.995)  # the recipe's own
     plan = Plan.load(run_dir / "plan.json")
     splits = json.loads((run_dir / "splits.json").read_text())
     ids = sorted(p.name for p in phantom_root.iterdir() if p.is_dir())
