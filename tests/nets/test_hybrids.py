@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny_nets import TINY, tiny
+from tiny_nets import TINY, phantom_pairs, tiny
 
-from medtrans.data.phantom import PhantomSpec, simulate
 from medtrans.nets import build_backbone
 from medtrans.nets.resvit import TransformerPath, sincos_positions
 
@@ -74,15 +73,6 @@ def test_bf16_autocast_and_channels_last_stay_close_to_fp32(name):
         low = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last), t)
     assert low.dtype == torch.bfloat16
     assert ((low.float() - ref).norm() / ref.norm()) < 0.05
-
-
-def phantom_pairs(count: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(source T1, target T2) slices of the simulated brain, each scaled by its own maximum."""
-    spec = PhantomSpec(size=(size, size, 1), modalities=("t1", "t2"))
-    pairs = [simulate(spec, i).images for i in range(count)]
-    t1, t2 = (torch.from_numpy(np.stack([p[m][..., 0] for p in pairs]).astype(np.float32))[:, None]
-              for m in ("t1", "t2"))
-    return t1 / t1.amax((2, 3), keepdim=True), t2 / t2.amax((2, 3), keepdim=True)
 
 
 @pytest.mark.parametrize("name", ["resvit", "mamba"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from medtrans.data.phantom import PhantomSpec, simulate
 from medtrans.nets import build_backbone
 
 #: the smallest sensible configuration of each backbone, so each test runs in about a second
@@ -22,3 +24,12 @@ def tiny(name: str, in_ch: int = 2, out_ch: int = 3, spatial_dims: int = 2, time
     torch.manual_seed(seed)
     return build_backbone({"name": name, **TINY[name], "time_dim": time_dim, **options}, spatial_dims, in_ch,
                           out_ch)
+
+
+def phantom_pairs(count: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source T1, target T2) slices of the simulated brain, each scaled by its own maximum."""
+    spec = PhantomSpec(size=(size, size, 1), modalities=("t1", "t2"))
+    pairs = [simulate(spec, i).images for i in range(count)]
+    t1, t2 = (torch.from_numpy(np.stack([p[m][..., 0] for p in pairs]).astype(np.float32))[:, None]
+              for m in ("t1", "t2"))
+    return t1 / t1.amax((2, 3), keepdim=True), t2 / t2.amax((2, 3), keepdim=True)
