@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 import medtrans.cli.info  # noqa: F401  (registers the command)
@@ -24,14 +25,13 @@ def test_info_on_a_run_folder_counts_the_parameters_of_each_network(tmp_path):
     result = CliRunner().invoke(app, ["info", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
-    import yaml
-
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     backbone = {"name": config["backbone"]["name"], **config["backbone"]["args"]}
     discriminator = {"name": config["discriminator"]["name"], **config["discriminator"]["args"]}
+    generator, critic = build_backbone(backbone, 2, 1, 1), build_discriminator(discriminator, 2, 2)
     assert counts == {
-        "generator": {"class": "ResViT", "parameters": _count(build_backbone(backbone, 2, 1, 1))},
-        "discriminator": {"class": "PatchGAN", "parameters": _count(build_discriminator(discriminator, 2, 2))},
+        "generator": {"class": "ResViT", "parameters": _count(generator)},
+        "discriminator": {"class": "PatchGAN", "parameters": _count(critic)},
     }
     table = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert table.exit_code == 0 and "ResViT" in table.output
