@@ -62,6 +62,8 @@ LAYOUTS = Registry("layout", {
 BACKBONES = Registry("backbone", {
     "unet": "medtrans.nets.unet",
     "resnet": "medtrans.nets.resnet",
+    "resvit": "medtrans.nets.resvit",
+    "mamba": "medtrans.nets.ssm",
 })
 DISCRIMINATORS = Registry("discriminator", {
     "patchgan": "medtrans.nets.patchgan",

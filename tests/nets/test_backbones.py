@@ -161,7 +161,7 @@ def test_too_small_input_for_the_depth_is_a_clear_error():
 def test_bad_specs_name_what_is_allowed():
     with pytest.raises(MedtransError, match="depth, width"):
         build_backbone({"name": "unet", "levels": 3}, 2, 1, 1)
-    with pytest.raises(MedtransError, match="resnet, unet"):
+    with pytest.raises(MedtransError, match="mamba, resnet, resvit, unet"):
         build_backbone({"name": "vnet"}, 2, 1, 1)
     with pytest.raises(MedtransError, match="no 'name'"):
         build_backbone({"width": 3}, 2, 1, 1)

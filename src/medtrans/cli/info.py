@@ -55,10 +55,34 @@ def alignment_report(path: Path, worst: int = 5) -> str:
     return "\n".join(lines + [f"  - {line}" for line in reg.worst_pairs(rows, max(worst, len(flagged)))])
 
 
+def network_parameters(run_dir: Path) -> list[tuple[str, str, int]]:
+    """(attribute, class, parameter count) of each network of the run's method, as configured.
+
+    Built from the run's config.yaml (untrained, so a run that never wrote a checkpoint works too);
+    the counts are the checkpoint's, which has exactly these shapes.
+    """
+    from medtrans.engine.run import build_method, read_run_config
+
+    method = build_method(read_run_config(run_dir), init_weights=False)
+    return [(name, type(net).__name__, sum(p.numel() for p in net.parameters()))
+            for name, net in method.named_children() if any(True for _ in net.parameters())]
+
+
+def _run_table(run_dir: Path) -> Table:
+    rows = network_parameters(run_dir)
+    table = Table(title=f"{run_dir} (run)", title_justify="left")
+    for column in ("network", "class", "parameters"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for name, cls, count in rows:
+        table.add_row(name, cls, f"{count:,}")
+    table.add_row("total", "", f"{sum(count for *_, count in rows):,}", style="bold")
+    return table
+
+
 @app.command("info")
 def info(
     path: Path = typer.Argument(..., help="An image file (.nii.gz, .dcm, .mha, .nrrd, .npy, .png, .tif), "
-                                "a DICOM series folder, or a dataset folder."),
+                                "a DICOM series folder, a dataset folder or a training run folder."),
     series: str = typer.Option(None, "--series", help="SeriesInstanceUID to pick in a folder of several."),
     modality: str = typer.Option(None, "--modality", help="Modality to report when the name says none."),
     layout: str = typer.Option(None, "--layout", help="Layout of a dataset folder (default: detect)."),
@@ -70,12 +94,22 @@ def info(
 ) -> None:
     """Print shape, spacing, orientation, affine, dtype, range and modality of an image or DICOM series.
 
-    A folder that is not a DICOM series is read as a dataset and summarised instead.
+    A folder that is not a DICOM series is read as a dataset and summarised instead; a run folder (one
+    with the config.yaml that medtrans train writes) prints each network's parameter count.
 
     Examples: medtrans info sub-01/ct.nii.gz · medtrans info dicom/series1/ --json ·
-    medtrans info data/brats/ --layout brats
+    medtrans info data/brats/ --layout brats · medtrans info runs/phantom_t1_t2_regression
     """
+    from medtrans.engine.run import CONFIG_FILE
     from medtrans.io import describe
+
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        rows = network_parameters(path)
+        if as_json:
+            typer.echo(json.dumps({name: {"class": cls, "parameters": n} for name, cls, n in rows}, indent=1))
+        else:
+            Console().print(_run_table(path))
+        return
 
     if path.is_dir() and not _is_dicom_series(path):
         from medtrans.data.survey import dataset_report

@@ -41,12 +41,14 @@ def conv(
     padding: int | None = None,
     bias: bool = True,
     padding_mode: str = "zeros",
+    groups: int = 1,
 ) -> nn.Module:
     """A Conv2d/Conv3d; ``padding=None`` keeps the size for odd kernels at stride 1 ("same")."""
     cls = nn.Conv2d if check_spatial_dims(spatial_dims) == 2 else nn.Conv3d
     if padding is None:
         padding = kernel_size // 2
-    return cls(in_channels, out_channels, kernel_size, stride, padding, bias=bias, padding_mode=padding_mode)
+    return cls(in_channels, out_channels, kernel_size, stride, padding, bias=bias, padding_mode=padding_mode,
+               groups=groups)
 
 
 def conv_transpose(
@@ -62,6 +64,32 @@ def conv_transpose(
     """A ConvTranspose2d/3d (learned upsampling)."""
     cls = nn.ConvTranspose2d if check_spatial_dims(spatial_dims) == 2 else nn.ConvTranspose3d
     return cls(in_channels, out_channels, kernel_size, stride, padding, output_padding, bias=bias)
+
+
+UPSAMPLES = ("transpose", "resize")
+
+
+def upsampler(
+    spatial_dims: int, in_channels: int, out_channels: int, mode: str = "transpose", kernel_size: int = 2,
+    bias: bool = True, factor: int = 2,
+) -> nn.Module:
+    """A learned ``factor``× upsampling: a transposed conv of stride ``factor``, or nearest resize then a
+    3×3 conv (kernel 3 of a transposed conv means padding 1, output padding 1: CycleGAN's 2× layer).
+
+    ``transpose`` (kernel 2, or 3 with padding 1 and output padding 1) gives each output pixel of a
+    2×2 cell its own kernel taps, so an untrained or briefly trained net paints a 2-pixel checkerboard
+    (Odena, Dumoulin & Olah, Distill 2016). ``resize`` repeats each voxel (no power at the 2-pixel
+    period) and the shift-invariant 3×3 conv after it cannot create any. The transposed conv is
+    returned bare so checkpoints of nets built before this option keep their keys.
+    """
+    mode = _choice("upsample", mode, UPSAMPLES)
+    if mode == "transpose":
+        padding, extra = (1, 1) if kernel_size == 3 and factor == 2 else (0, 0)
+        kernel_size = kernel_size if padding else factor
+        return conv_transpose(spatial_dims, in_channels, out_channels, kernel_size, factor, padding, extra,
+                              bias)
+    return nn.Sequential(nn.Upsample(scale_factor=factor, mode="nearest"),
+                         conv(spatial_dims, in_channels, out_channels, 3, bias=bias))
 
 
 def has_norm(name: str | None) -> bool:

@@ -1,8 +1,9 @@
 """U-Net (Ronneberger et al. 2015) for 2D slices and 3D patches: the workhorse regression backbone.
 
-Per level two 3×3 conv-norm-act blocks; 2× max-pool down, 2× transposed conv up, skip connections by
-concatenation, a 1×1 head. Unlike the original, convolutions are padded ("same") so the output has the
-input's size; inputs of any size work (padded to a multiple of 2**depth inside, cropped back).
+Per level two 3×3 conv-norm-act blocks; 2× max-pool down, 2× transposed conv (or resize + conv) up,
+skip connections by concatenation, a 1×1 head. Unlike the original, convolutions are padded ("same") so
+the output has the input's size; inputs of any size work (padded to a multiple of 2**depth inside,
+cropped back).
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ class DoubleConv(nn.Sequential):
 
 
 class Up(nn.Module):
-    """Transposed-conv upsampling, concatenation with the skip, then a DoubleConv."""
+    """2× upsampling (``blocks.upsampler``), concatenation with the skip, then a DoubleConv."""
 
     def __init__(
         self, spatial_dims: int, in_channels: int, out_channels: int, norm: str, act: str, dropout: float,
-        film: blocks.FiLM | None = None,
+        film: blocks.FiLM | None = None, upsample: str = "transpose",
     ) -> None:
         super().__init__()
-        self.up = blocks.conv_transpose(spatial_dims, in_channels, out_channels, kernel_size=2, stride=2)
+        self.up = blocks.upsampler(spatial_dims, in_channels, out_channels, upsample, kernel_size=2)
         self.block = DoubleConv(spatial_dims, 2 * out_channels, out_channels, norm, act, dropout, film)
 
     def forward(self, x: Tensor, skip: Tensor, embedding: Tensor | None = None) -> Tensor:
@@ -63,6 +64,8 @@ class UNet(blocks.TimeConditioned, nn.Module):
         pad_mode: how inputs not divisible by 2**depth are padded before the net (then cropped).
         time_dim: size of the time embedding (0: no time conditioning); with it every block's first
             norm is followed by a FiLM scale/shift of ``net(x, t)``'s time step.
+        upsample: ``transpose`` (2×2 transposed conv) | ``resize`` (nearest 2× then 3×3 conv: no
+            checkerboard, see ``blocks.upsampler``).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class UNet(blocks.TimeConditioned, nn.Module):
         out_activation: str | None = None,
         pad_mode: str = "replicate",
         time_dim: int = 0,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         self.spatial_dims = blocks.check_spatial_dims(spatial_dims)
@@ -94,7 +98,8 @@ class UNet(blocks.TimeConditioned, nn.Module):
             for i in range(self.depth)
         )
         self.up = nn.ModuleList(
-            Up(spatial_dims, widths[i + 1], widths[i], norm, activation, dropout, self.films(widths[i]))
+            Up(spatial_dims, widths[i + 1], widths[i], norm, activation, dropout, self.films(widths[i]),
+               upsample)
             for i in reversed(range(self.depth))
         )
         self.head = nn.Sequential(
