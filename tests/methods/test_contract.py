@@ -14,7 +14,7 @@ import torch
 
 from medtrans.errors import MedtransError
 from medtrans.methods.schedules import Noise
-from medtrans.registry import METHODS
+from medtrans.registry import BACKBONES, METHODS
 
 #: constructor arguments that make a method tiny (a method may need its own: add it here)
 TINY: dict[str, dict] = {
@@ -28,14 +28,17 @@ BACKBONE = {"name": "unet", "width": 4, "depth": 2}
 DISCRIMINATOR = {"name": "patchgan", "width": 4, "n_layers": 1}
 
 
-def build(name: str):
+def build(name: str, backbone: dict | None = None):
     cls = METHODS.get(name)
     params = inspect.signature(cls).parameters
     kwargs = {"backbone": BACKBONE} if "backbone" in params else {}
     if "discriminator" in params:
         kwargs["discriminator"] = DISCRIMINATOR
+    kwargs.update(TINY.get(name, {}))
+    if backbone is not None:
+        kwargs["backbone"] = backbone
     torch.manual_seed(0)
-    return cls(spatial_dims=2, in_channels=1, out_channels=1, **{**kwargs, **TINY.get(name, {})})
+    return cls(spatial_dims=2, in_channels=1, out_channels=1, **kwargs)
 
 
 def batch(size: int = 16) -> dict[str, torch.Tensor]:
@@ -81,3 +84,37 @@ def test_translate_keeps_shape_and_honours_steps_samples_and_seed(name: str) -> 
         mean, std = method.translate(source, steps, 3, Noise.seeded([1, 2]))
         assert std is not None and std.shape == source.shape and float(std.mean()) > 0
         assert method.evaluations(steps) >= (steps or 1)
+
+
+def _takes_backbone(name: str) -> bool:
+    return "backbone" in inspect.signature(METHODS.get(name)).parameters
+
+
+#: methods that take only some backbones (they refuse the others with a one-line error)
+FITS_ONLY: dict[str, set[str]] = {"unit": {"resnet"}}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+@pytest.mark.parametrize("name", [m for m in METHODS.names() if _takes_backbone(m)])
+def test_every_method_trains_and_translates_on_every_backbone(name: str, backbone: str) -> None:
+    """The family × backbone matrix: one step of every group and a 2-sample translation."""
+    from tests.nets.tiny_nets import TINY as TINY_BACKBONES
+
+    spec = TINY.get(name, {}).get("backbone") if backbone == "resnet" and name in FITS_ONLY else None
+    spec = spec or {"name": backbone, **TINY_BACKBONES[backbone]}
+    if name in FITS_ONLY and backbone not in FITS_ONLY[name]:
+        with pytest.raises(MedtransError):
+            build(name, backbone=spec)
+        return
+    method = build(name, backbone=spec).train()
+    data = batch()
+    for group in method.groups:
+        method.zero_grad(set_to_none=True)
+        total = sum(method.losses(data, group, step=0).values())
+        assert torch.isfinite(total), (group, float(total))
+        total.backward()
+    method.eval()
+    steps = None if method.default_steps is None else STEPS.get(name, 2)
+    with torch.no_grad():
+        mean, _ = method.translate(data["source"], steps, 2, Noise.seeded([0, 1]))
+    assert mean.shape == data["source"].shape and torch.isfinite(mean).all()
