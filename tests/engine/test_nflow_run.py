@@ -9,12 +9,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 import yaml
-from safetensors.torch import load_file
-from typer.testing import CliRunner
+from tests.engine.helpers import assert_same_checkpoint, cli, logged
 
-from medtrans.cli import _register, app
+from medtrans.cli import _register
 from medtrans.config import Config
 from medtrans.engine.runlog import read_metrics
 from medtrans.engine.trainer import train
@@ -23,12 +21,6 @@ _register()
 
 NFLOW = {"method": {"name": "nflow", "args": {"levels": 2, "depth": 2, "hidden": 8, "cond_channels": 4}},
          "backbone.args": {"depth": 1, "width": 4}, "logging.tensorboard": False}
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 def test_cli_train_predict_three_samples_evaluate(make_config: Callable[..., Config], tmp_path: Path) -> None:
@@ -61,15 +53,7 @@ def test_resume_is_exact_and_keeps_the_actnorm_init(phantom_root: Path, make_con
     parted = train(config, run_dir=tmp_path / "parted", stop_after=2)
     train(config, resume=parted)
 
-    def logged(run: Path) -> list[tuple[int, str, float]]:
-        rows = read_metrics(run / "logs" / "metrics.csv")
-        return [(r["step"], r["name"], r["value"]) for r in rows if r["name"] != "samples_per_s"]
-
     assert logged(parted) == logged(whole)
-    a = load_file(whole / "checkpoints" / "last" / "model.safetensors")
-    b = load_file(parted / "checkpoints" / "last" / "model.safetensors")
+    a = assert_same_checkpoint(whole, parted)
     flags = [k for k in a if k.endswith("initialized")]
     assert len(flags) == 4 and all(bool(a[k]) for k in flags)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key

@@ -12,9 +12,9 @@ import numpy as np
 import pydicom
 import pytest
 import yaml
-from typer.testing import CliRunner
+from tests.engine.helpers import cli
 
-from medtrans.cli import _register, app
+from medtrans.cli import _register
 from medtrans.config import Config
 from medtrans.engine.inferers import Sampling
 from medtrans.engine.predictor import Predictor
@@ -22,12 +22,6 @@ from medtrans.errors import MedtransError
 from medtrans.io import Volume, load, save
 
 _register()
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 def oblique_lps(volume: Volume) -> Volume:

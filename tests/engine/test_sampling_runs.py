@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tests.engine.helpers import cli, logged
 from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
 from medtrans.config import Config
-from medtrans.engine.runlog import read_metrics
 from medtrans.engine.trainer import train
 from medtrans.io import load
 
@@ -39,10 +39,6 @@ def test_resume_is_exact_for_sampling_methods(name: str, phantom_root: Path,
     parted = train(config, run_dir=tmp_path / "parted", stop_after=3)
     train(config, resume=parted)
 
-    def logged(run: Path) -> list[tuple[int, str, float]]:
-        return [(r["step"], r["name"], r["value"]) for r in read_metrics(run / "logs" / "metrics.csv")
-                if r["name"] != "samples_per_s"]
-
     assert logged(parted) == logged(whole)
     assert any(n == "val/psnr" for _, n, _ in logged(whole))  # validation sampled (on 3 slices)
     a = load_file(whole / "checkpoints" / "last" / "model.safetensors")
@@ -50,12 +46,6 @@ def test_resume_is_exact_for_sampling_methods(name: str, phantom_root: Path,
     assert a.keys() == b.keys() and any("schedule" in k for k in a)  # the process travels with weights
     for key in a:
         assert torch.equal(a[key], b[key]), key
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 def _arrays(folder: Path) -> dict[str, np.ndarray]:

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from typer.testing import CliRunner
+from tests.engine.helpers import cli
 
-from medtrans.cli import _register, app
+from medtrans.cli import _register
 from medtrans.config import Config
 from medtrans.engine.predictor import Predictor
 from medtrans.engine.run import load_trained
@@ -115,12 +115,6 @@ def test_two_stage_resume_is_exact_and_init_from_is_part_of_the_training_config(
     unfrozen = make_config(phantom_root, **{**stage2(stage1_run, freeze=False), "deterministic": True})
     with pytest.raises(MedtransError, match=r"differs from the run.s in init_from \("):
         train(unfrozen, resume=parted)
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 def test_real_cli_two_stages_train_predict_samples_evaluate(tmp_path: Path,

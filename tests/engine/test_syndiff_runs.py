@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import yaml
 from safetensors.torch import load_file
+from tests.engine.helpers import cli, logged
 from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
 from medtrans.config import Config
-from medtrans.engine.runlog import read_metrics
 from medtrans.engine.trainer import train
 
 _register()
@@ -39,10 +39,6 @@ def test_unpaired_resume_is_exact(phantom_root: Path, make_config: Callable[...,
     parted = train(config, run_dir=tmp_path / "parted", stop_after=3)
     train(config, resume=parted)
 
-    def logged(run: Path) -> list[tuple[int, str, float]]:
-        return [(r["step"], r["name"], r["value"]) for r in read_metrics(run / "logs" / "metrics.csv")
-                if r["name"] != "samples_per_s"]
-
     rows = logged(whole)
     assert rows == logged(parted)
     assert {s for s, n, _ in rows if n == "d/r1_b"} == {1, 3, 5}  # lazy R1 at steps 0, 2, 4 (0-based)
@@ -53,12 +49,6 @@ def test_unpaired_resume_is_exact(phantom_root: Path, make_config: Callable[...,
         "diffusive_b", "diffusive_a", "g_ab", "g_ba", "disc_a", "disc_b", "cycle_disc_a", "cycle_disc_b"}
     for key in a:
         assert torch.equal(a[key], b[key]), key
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 def test_cli_trains_predicts_three_samples_and_evaluates(make_config: Callable[..., Config],

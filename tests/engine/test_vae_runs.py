@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from typer.testing import CliRunner
+from tests.engine.helpers import cli, logged
 
-from medtrans.cli import _register, app
+from medtrans.cli import _register
 from medtrans.config import Config
 from medtrans.data.phantom import PhantomSpec, write_phantom
-from medtrans.engine.runlog import read_metrics
 from medtrans.engine.trainer import train
 
 _register()
@@ -41,10 +40,6 @@ def test_resume_is_exact(name: str, phantom_root: Path, make_config: Callable[..
     parted = train(config, run_dir=tmp_path / "parted", stop_after=3)
     train(config, resume=parted)
 
-    def logged(run: Path) -> list[tuple[int, str, float]]:
-        return [(r["step"], r["name"], r["value"]) for r in read_metrics(run / "logs" / "metrics.csv")
-                if r["name"] != "samples_per_s"]
-
     rows = logged(whole)
     assert rows == logged(parted) and any(n == "val/psnr" for _, n, _ in rows)
     if name == "cvae":
@@ -61,12 +56,6 @@ def tall_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 slices: the evaluator's 3D SSIM needs 11 voxels an axis."""
     spec = PhantomSpec(anatomy="brain", size=(32, 32, 12), modalities=("t1", "t2"), seed=3)
     return write_phantom(tmp_path_factory.mktemp("tall"), spec, subjects=5)
-
-
-def cli(*args: object) -> str:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
