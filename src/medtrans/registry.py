@@ -72,4 +72,5 @@ METHODS = Registry("method", {
     "cyclegan": "medtrans.methods.cyclegan",
     "ddpm": "medtrans.methods.ddpm",
     "flow": "medtrans.methods.flow",
+    "bridge": "medtrans.methods.bridge",
 })
