@@ -58,11 +58,16 @@ class DataConfig(_Strict):
     cache_dir: Path | None = None
     samples_per_epoch: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
+    source_dropout: float = Field(0.0, ge=0, lt=1, description="multi-source runs: drop each source of a "
+                                  "training sample with this probability (zeroed, plus availability "
+                                  "channels), so the run predicts from any subset of its sources")
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.target in self.sources:
             raise ValueError(f"target {self.target!r} is also a source")
+        if self.source_dropout > 0 and len(self.sources) < 2:
+            raise ValueError("source_dropout needs at least two sources (one is always kept)")
         if self.patch_size is not None:
             want = 3 if self.dims == "3d" else 2
             if len(self.patch_size) != want or min(self.patch_size) < 1:
@@ -75,9 +80,12 @@ class DataConfig(_Strict):
 
     @property
     def in_channels(self) -> int:
-        """Model input channels: each source, times the slice stack in 2.5D."""
+        """Model input channels: each source, times the slice stack in 2.5D, with an availability
+        channel per source channel when ``source_dropout`` is on (``data.missing``)."""
+        from medtrans.data.missing import input_channels
+
         stack = 2 * self.context + 1 if self.dims == "2.5d" else 1
-        return len(self.sources) * stack
+        return input_channels(len(self.sources), stack, self.source_dropout)
 
 
 class PlanConfig(_Strict):
@@ -318,7 +326,7 @@ def _check_components(config: Config, path: str | os.PathLike | None) -> None:
             raise MedtransError(path, f"{key}.name: {component.name!r} is not a known {registry.kind}",
                                 f"allowed values: {', '.join(registry.names())}")
         cls = registry.get(component.name)
-        if key == "method" and getattr(cls, "paired", False) and not config.data.paired:
+        if key == "method" and cls.needs_pairs(component.args) and not config.data.paired:
             raise MedtransError(path, f"data.paired: false, but method {component.name!r} learns from pairs",
                                 "set data.paired: true, or use an unpaired method such as cyclegan")
         params = inspect.signature(cls).parameters

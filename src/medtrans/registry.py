@@ -65,6 +65,7 @@ BACKBONES = Registry("backbone", {
 })
 DISCRIMINATORS = Registry("discriminator", {
     "patchgan": "medtrans.nets.patchgan",
+    "timed_patchgan": "medtrans.nets.timed_patchgan",
 })
 METHODS = Registry("method", {
     "regression": "medtrans.methods.regression",
@@ -73,4 +74,6 @@ METHODS = Registry("method", {
     "ddpm": "medtrans.methods.ddpm",
     "flow": "medtrans.methods.flow",
     "bridge": "medtrans.methods.bridge",
+    "nflow": "medtrans.methods.nflow",
+    "syndiff": "medtrans.methods.syndiff",
 })

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medtrans.data.inspect import dataset_report
 from medtrans.data.layouts import open_dataset
+from medtrans.data.survey import dataset_report
 from medtrans.errors import MedtransError
 from medtrans.registry import LAYOUTS
 

@@ -218,3 +218,34 @@ def test_legacy_multiframe_is_stacked_by_spacing_between_slices(tmp_path) -> Non
     np.testing.assert_allclose(volume.affine, expected)
     np.testing.assert_array_equal(volume.array, frames.transpose(2, 1, 0) - 1024.0)
     assert volume.meta["units"] == "HU"
+
+
+def test_rt_dose_multiframe_grid_is_read_by_its_frame_offsets(tmp_path):
+    """pydicom's rtdose.dcm: one multi-frame 3D dose grid placed by GridFrameOffsetVector (not 4D)."""
+    from pydicom.data import get_testdata_file
+
+    path = Path(get_testdata_file("rtdose.dcm"))
+    ds = pydicom.dcmread(path)
+    volume = load(path)
+    pixels = ds.pixel_array.astype(np.float64) * float(ds.DoseGridScaling)  # (frames, rows, cols)
+    assert volume.array.shape == (ds.Columns, ds.Rows, int(ds.NumberOfFrames))
+    np.testing.assert_allclose(volume.array, pixels.transpose(2, 1, 0), rtol=1e-6)
+    ipp = np.array(ds.ImagePositionPatient, float)
+    iop = np.array(ds.ImageOrientationPatient, float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    offsets = np.array(ds.GridFrameOffsetVector, float)
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    for i, j, k in [(0, 0, 0), (9, 0, 3), (2, 7, 14)]:
+        lps = ipp + i * float(ds.PixelSpacing[1]) * row_dir + j * float(ds.PixelSpacing[0]) * col_dir
+        lps = lps + offsets[k] * normal
+        np.testing.assert_allclose((volume.affine @ [i, j, k, 1])[:3], lps * lps_to_ras, atol=1e-6)
+    # the older absolute form (first entry = the first frame's position along the normal) is the same grid
+    ds.GridFrameOffsetVector = [float(o + ipp[2]) for o in offsets]
+    absolute = tmp_path / "dose_absolute.dcm"
+    ds.save_as(absolute)
+    np.testing.assert_allclose(load(absolute).affine, volume.affine, atol=1e-6)
+    assert volume.meta["units"] == "a.u."  # DoseUnits RELATIVE
+    ds.DoseUnits = "GY"
+    ds.save_as(absolute)
+    assert load(absolute).meta["units"] == "Gy"

@@ -185,3 +185,30 @@ def test_successful_load_and_save_leave_inputs_untouched(tmp_path, series) -> No
     save(volume, tmp_path / "ct.nii.gz")
     assert _snapshot(series) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "derived", "series"]
+
+
+def test_unreadable_file_is_a_permission_error_not_corrupt(series) -> None:
+    """Through the real CLI, on a DICOM series with one file its user may not read (root reads
+    everything, so as root the command runs without the capabilities that bypass file permissions)."""
+    import os
+    import subprocess
+    import sys
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: cannot make a file unreadable")
+        drop = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    image = sorted(series.iterdir())[2]
+    image.chmod(0o000)
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", "from medtrans.cli import main; main()", "info",
+                               str(series)], capture_output=True, text=True, timeout=120)
+    finally:
+        image.chmod(0o644)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert f"{image}: permission denied" in line and "read access" in line
+    assert "corrupt" not in line and "re-export" not in line

@@ -242,3 +242,61 @@ def test_compare_reads_each_reference_and_mask_once(folders, monkeypatch):
     for folder in ("ref", "masks"):
         inside = [p for p in reads if p.parent == folders[folder]]
         assert len(inside) == len(IDS) == len(set(inside)), folder
+
+
+def _tree_digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_reference_is_refused_unless_allowed(folders, tmp_path):
+    from medtrans.io import SyntheticInfo
+
+    synth = tmp_path / "synth"
+    for sid in IDS[:2]:
+        info = SyntheticInfo(model="run:best", source=f"{sid}/mr.nii.gz", method="regression", target="ct")
+        save(load(folders["ref"] / f"{sid}.nii.gz"), synth / f"{sid}.nii.gz", synthetic=info)
+    before = _tree_digest(synth)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(MEDTRANS), "evaluate", str(synth), str(synth), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "s01.nii.gz" in line and "marked synthetic (SYNTHETIC by medtrans target=ct" in line
+    assert "--allow-synthetic" in line
+    assert not out.exists() and _tree_digest(synth) == before
+    proc = subprocess.run([str(MEDTRANS), "evaluate", str(synth), str(synth), "-o", str(out),
+                           "--allow-synthetic"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((out / "per_subject.csv").open()))
+    assert [float(r["mae"]) for r in rows] == [0.0, 0.0]
+
+
+def test_truth_columns_when_the_dataset_holds_noise_free_truths(folders, tmp_path):
+    dataset = tmp_path / "dataset"
+    truths = {}
+    for i, sid in enumerate(IDS[:3]):
+        ct, mask = _case(i)
+        truths[sid] = _write(dataset / sid / "truth" / "ct.nii.gz", ct)  # the noise-free signal
+        noisy = ct + np.random.default_rng(10 + i).normal(0, 25, ct.shape)
+        _write(dataset / sid / "ct.nii.gz", noisy)
+        _write(dataset / sid / "mr.nii.gz", np.random.default_rng(i).random(ct.shape))
+        _write(dataset / sid / "mask.nii.gz", mask)
+        _write(tmp_path / "pred" / f"{sid}.nii.gz", ct + 30.0 * np.sin(np.arange(ct.size).reshape(ct.shape)))
+    pred = tmp_path / "pred"
+    result = evaluate(pred, dataset, ref_modality="ct", preset="synthrad2023", compare=pred)
+    assert result.metrics == ["mae", "psnr", "ssim", "truth_mae", "truth_psnr", "truth_ssim"]
+    for sid, values in result.per_subject.items():
+        p, mask = _load(pred / f"{sid}.nii.gz"), _load(dataset / sid / "mask.nii.gz")
+        against_ref = evaluate_pair(p, _load(dataset / sid / "ct.nii.gz"), mask, preset="synthrad2023")
+        against_truth = evaluate_pair(p, _load(truths[sid]), mask, preset="synthrad2023")
+        for key in against_ref:
+            assert values[key] == pytest.approx(against_ref[key], abs=1e-9)
+            assert values[f"truth_{key}"] == pytest.approx(against_truth[key], abs=1e-9)
+        assert values["truth_mae"] != pytest.approx(values["mae"], abs=1e-3)
+    summary = result.summary
+    assert "truth/<modality>" in summary["conventions"]["truth"]
+    assert summary["counts"]["subjects_with_truth"] == 3
+    assert summary["metrics"]["truth_mae"]["n"] == 3 and "truth_mae" in summary["compare"]["wilcoxon"]
+    # without truths (the plain dataset) there are no truth columns
+    assert "truth_mae" not in evaluate(pred, folders["dataset"], ref_modality="ct").metrics

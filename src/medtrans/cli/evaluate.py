@@ -41,7 +41,8 @@ def evaluate(
         "or <subject>/mask.nii.gz); default: the dataset's own masks, if any.",
     ),
     preset: str = typer.Option(
-        "default", "--preset", help="default, synthrad2023, synthrad2025 or icon (see docs/METRICS.md)."
+        "default", "--preset", help="default, synthrad2023, synthrad2025, synthrad2025_container, icon or "
+        "syndiff (see docs/METRICS.md)."
     ),
     resample: bool = typer.Option(
         False,
@@ -83,6 +84,10 @@ def evaluate(
         "input, e.g. --fid-range=-1024,3000; default from the preset.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence intervals."),
+    allow_synthetic: bool = typer.Option(
+        False, "--allow-synthetic", help="Accept references marked SYNTHETIC (refused by default: a "
+        "synthetic reference makes any score meaningless as a measure against acquisitions)."
+    ),
 ) -> None:
     """Compute metrics per subject and summarise them (mean, std, median, IQR, 95% bootstrap CI).
 
@@ -117,6 +122,7 @@ def evaluate(
             extractor=extractor,
             fid_range=window,
             seed=seed,
+            allow_synthetic=allow_synthetic,
             progress=lambda sid, i, n: status.update(f"evaluating {sid} ({i}/{n})"),
         )
     csv_path, json_path = result.write(out)

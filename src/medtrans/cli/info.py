@@ -59,7 +59,7 @@ def info(
     from medtrans.io import describe
 
     if path.is_dir() and not _is_dicom_series(path):
-        from medtrans.data.inspect import dataset_report
+        from medtrans.data.survey import dataset_report
 
         typer.echo(dataset_report(path, layout))
         return

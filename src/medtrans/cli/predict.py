@@ -35,6 +35,8 @@ def predict(
                                    "pass; default: the training batch size."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    allow_synthetic: bool = typer.Option(False, "--allow-synthetic", help="Accept sources marked SYNTHETIC "
+                                         "(refused by default: a synthetic of a synthetic)."),
 ) -> None:
     """Translate whole volumes: inverse-normalised to original units, on the source grid, marked synthetic.
 
@@ -62,8 +64,11 @@ def predict(
                 tasks[subject] = bar.add_task(subject, total=total)
             bar.update(tasks[subject], completed=done)
 
-        written = predictor.predict_paths(inputs, out, fmt=fmt, progress=progress)
+        written = predictor.predict_paths(inputs, out, fmt=fmt, progress=progress,
+                                          allow_synthetic=allow_synthetic)
     seconds = time.perf_counter() - start
     for path in written:
         typer.echo(str(path))
+    for note in predictor.notes:
+        console.print(note, highlight=False)
     console.print(f"{len(written)} synthetic volume(s) from {predictor.name} in {seconds:.1f} s → {out}")

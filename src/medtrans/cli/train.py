@@ -32,6 +32,10 @@ def train(
     from medtrans.engine.trainer import train as run_training
     from medtrans.errors import MedtransError
 
+    if resume is not None and not (resume / CONFIG_FILE).is_file():
+        raise MedtransError(resume, f"not a run folder (no {CONFIG_FILE})",
+                            "give --resume the folder medtrans train wrote (it holds config.yaml and "
+                            "checkpoints/)")
     if config is None:
         if resume is None:
             raise MedtransError(None, "no config given", "medtrans train CONFIG.yaml, or --resume RUN_DIR")
@@ -40,7 +44,10 @@ def train(
         raise MedtransError(run_dir, "--run-dir and --resume both given", "--resume continues the run in its "
                             "own folder; drop --run-dir")
     cfg = load_config(config, overrides)
-    folder = run_training(cfg, run_dir=run_dir, resume=resume, stop_after=stop_after)
+    try:
+        folder = run_training(cfg, run_dir=run_dir, resume=resume, stop_after=stop_after)
+    except KeyboardInterrupt:  # checkpoints/last is written: the shell must not go on as if finished
+        raise typer.Exit(130) from None
     console = Console(stderr=True)
     best = folder / "checkpoints" / "best"
     console.print(f"run: {folder}")

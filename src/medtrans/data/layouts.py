@@ -18,9 +18,9 @@ from pathlib import Path
 
 from medtrans.data.modalities import canonical, is_known
 from medtrans.errors import MedtransError
+from medtrans.io.suffixes import split_image_name
 from medtrans.registry import LAYOUTS
 
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 MASK_NAMES = {"mask", "brainmask", "body_mask", "bodymask"}
 LABEL_NAMES = {"labels", "label", "seg", "segmentation"}
 
@@ -84,15 +84,6 @@ class Dataset:
             warnings.warn(f"skipping {len(skipped)} subject(s) missing a modality: {listing}", stacklevel=2)
         return replace(self, subjects=[s for s, _ in keep],
                        problems=self.problems + [f"skipped {s.id}: no {', '.join(m)}" for s, m in skipped])
-
-
-def split_image_name(name: str) -> tuple[str, str] | None:
-    """('t1', '.nii.gz') for 't1.nii.gz'; None when the file is not an image medtrans reads."""
-    lower = name.lower()
-    for ext in IMAGE_EXTENSIONS:
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], ext
-    return None
 
 
 def _files(folder: Path) -> list[Path]:

@@ -21,10 +21,10 @@ import nibabel as nib
 import numpy as np
 
 from medtrans.atomic import write_json
-from medtrans.data.inspect import header_geometry
 from medtrans.data.layouts import Dataset
 from medtrans.data.modalities import canonical, family, units
 from medtrans.data.normalise import Normaliser, foreground
+from medtrans.data.survey import header_geometry
 from medtrans.errors import MedtransError
 from medtrans.io import Volume, load
 from medtrans.io.geometry import reorient, resample_like, resample_to_spacing
@@ -61,6 +61,8 @@ class ModelSpace:
     stats: dict[str, dict[str, float]]
     target_stats: dict[str, float]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: sources absent at inference (their channels are zeros; see ``data.missing``)
+    missing: list[str] = field(default_factory=list)
 
 
 def canonical_geometry(shape: tuple[int, ...], affine: np.ndarray) -> tuple[list[int], list[float]]:
@@ -281,28 +283,36 @@ class Plan:
             mask_arr = foreground(np.asarray(ref.array))
         return arrays, mask_arr.astype(np.uint8), stats, ref.affine
 
-    def to_model_space(self, volumes: dict[str, Volume]) -> tuple[np.ndarray, ModelSpace]:
+    def to_model_space(self, volumes: dict[str, Volume],
+                       allow_missing: bool = False) -> tuple[np.ndarray, ModelSpace]:
         """Sources → (C, X, Y, Z) float32, normalised, in the plan's orientation and spacing.
 
-        The first source's grid is the reference; the others are resampled onto it.
+        The first source's grid is the reference; the others are resampled onto it. With
+        ``allow_missing`` (runs trained with source dropout) absent sources become zero channels, listed
+        in ``ModelSpace.missing``, and the first present source is the reference.
         """
         missing = [m for m in self.sources if m not in volumes]
-        if missing:
+        if (missing and not allow_missing) or len(missing) == len(self.sources):
             raise MedtransError(
                 None,
                 f"the model needs source(s) {', '.join(missing)}; got {', '.join(volumes) or 'none'}",
-                f"give {', '.join(self.sources)}",
+                f"give {', '.join(self.sources)}" + ("" if allow_missing else
+                                                      " (this run was not trained with data.source_dropout)"),
             )
-        first = volumes[self.sources[0]]
+        present = [m for m in self.sources if m in volumes]
+        first = volumes[present[0]]
         ref = self._grid(first)
         channels, stats = [], {}
         for m in self.sources:
-            vol = ref if m == self.sources[0] else resample_like(volumes[m], ref, order=1)
+            if m in missing:
+                channels.append(np.zeros(ref.array.shape[:3], np.float32))
+                continue
+            vol = ref if m == present[0] else resample_like(volumes[m], ref, order=1)
             arr, stats[m] = self._normalise(m, np.asarray(vol.array, np.float32))
             channels.append(arr)
         target_stats: dict[str, float] = {}
         if family(self.target) == "pet":
-            pet_sources = [m for m in self.sources if family(m) == "pet"]
+            pet_sources = [m for m in present if family(m) == "pet"]
             if pet_sources:
                 target_stats = {"scale": stats[pet_sources[0]]["scale"]}
         space = ModelSpace(
@@ -312,6 +322,7 @@ class Plan:
             stats=stats,
             target_stats=target_stats,
             meta={k: v for k, v in first.meta.items() if k in ("source", "format")},
+            missing=missing,
         )
         return np.stack(channels).astype(np.float32, copy=False), space
 

@@ -48,7 +48,7 @@ def _start(rng: np.random.Generator, n: int, size: int) -> int:
     return int(rng.integers(0, n - size + 1)) if n > size else -((size - n) // 2)
 
 
-class Sampler(TorchDataset):
+class TrainingItems(TorchDataset):
     """A torch Dataset of training items drawn deterministically from a PreparedCache."""
 
     def __init__(
@@ -229,6 +229,7 @@ class Sampler(TorchDataset):
         return result
 
 
-def make_sampler(cache: PreparedCache, subject_ids: Sequence[str], **options: Any) -> Sampler:
-    """The training dataset (2d, 2.5d, 3d; see the module docstring); ``options`` as for ``Sampler``."""
-    return Sampler(cache, subject_ids, **options)
+def make_sampler(cache: PreparedCache, subject_ids: Sequence[str], **options: Any) -> TrainingItems:
+    """The training dataset (2d, 2.5d, 3d; see the module docstring); ``options`` as for
+    ``TrainingItems``."""
+    return TrainingItems(cache, subject_ids, **options)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -120,9 +121,20 @@ def _require(folder: Path, name: str) -> Path:
     return path
 
 
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file; a truncated or damaged one is a one-line error, not a Rust traceback."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as err:
+        other = "best" if path.parent.name == "last" else "last"
+        raise MedtransError(path, f"checkpoint file is truncated or damaged ({err})",
+                            f"use the other checkpoint (predict --checkpoint {other}) or retrain; "
+                            "train --resume needs an intact checkpoints/last") from None
+
+
 def load_model_weights(folder: str | os.PathLike) -> dict[str, Tensor]:
     """The translate-with weights of a checkpoint folder."""
-    return load_file(_require(Path(folder), MODEL_FILE))
+    return _load_tensors(_require(Path(folder), MODEL_FILE))
 
 
 def load_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -133,7 +145,7 @@ def load_state(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Ten
         state = json.loads(state_path.read_text())
     except json.JSONDecodeError as err:
         raise MedtransError(state_path, f"not valid JSON ({err})", "resume from another checkpoint") from None
-    return state, load_file(_require(folder, STATE_TENSORS))
+    return state, _load_tensors(_require(folder, STATE_TENSORS))
 
 
 def prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ MODEL_RANGE = 2.0
 if TYPE_CHECKING:
     from medtrans.data.plan import Plan
     from medtrans.data.prepare import PreparedCache
-    from medtrans.data.samplers import Sampler
+    from medtrans.data.samplers import TrainingItems
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ValSubject:
 
 @dataclass
 class TrainData:
-    train: Sampler
+    train: TrainingItems
     val: list[ValSubject]
     plan: Plan
     slice_axis: int

@@ -23,8 +23,8 @@ import numpy as np
 
 from medtrans import __version__
 from medtrans.atomic import write_text
+from medtrans.data.inputs import SubjectPair, match_subjects, refuse_synthetic
 from medtrans.errors import MedtransError
-from medtrans.io.api import marked_target
 from medtrans.metrics.distribution import FeatureExtractor, feature_distances
 from medtrans.metrics.presets import Preset, evaluate_pair, get_preset
 from medtrans.metrics.segmentation import segmentation_consistency
@@ -32,7 +32,12 @@ from medtrans.metrics.stats import paired_wilcoxon, summarise
 from medtrans.metrics.uncertainty import calibration
 
 GRID_TOLERANCE_MM = 1e-3
-_IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy")
+TRUTH_PREFIX = "truth_"
+TRUTH_CONVENTION = (
+    "truth_<metric>: the same preset and mask, the prediction against the subject's noise- and bias-free "
+    "truth/<modality> image (a simulation's signal before acquisition effects) instead of the acquired "
+    "reference"
+)
 STATISTICS = {
     "unit": "subject (one value per subject and metric; slices are never pooled across subjects)",
     "std": "sample standard deviation (ddof = 1)",
@@ -41,18 +46,6 @@ STATISTICS = {
     "p_value": "two-sided paired Wilcoxon signed-rank test (scipy.stats.wilcoxon), prediction vs compare",
     "non_finite": "inf (PSNR of identical images) and NaN values are counted (n_inf, n_nan) and left out",
 }
-
-
-@dataclass
-class SubjectPair:
-    """One subject's files: prediction, reference, optional mask and optional second prediction."""
-
-    id: str
-    pred: Path
-    ref: Path
-    mask: Path | None = None
-    other: Path | None = None
-    std: Path | None = None  # the prediction's uncertainty map, ``<name>_<target>_std``
 
 
 @dataclass
@@ -106,194 +99,6 @@ def _jsonable(obj):
     return obj
 
 
-def _image_stem(path: Path) -> str | None:
-    lower = path.name.lower()
-    for ext in _IMAGE_EXTENSIONS:
-        if lower.endswith(ext) and len(lower) > len(ext):
-            return path.name[: -len(ext)]
-    return None
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    from medtrans.io.dicom import is_dicom_file
-
-    return any(f.is_file() and (f.suffix.lower() == ".dcm" or is_dicom_file(f)) for f in folder.iterdir())
-
-
-def image_folder(folder: Path) -> dict[str, Path]:
-    """id -> image for a folder of ``<id>.<ext>`` files, ``<id>/`` folders holding one image, or
-    ``<id>/`` DICOM series folders."""
-    found: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and (stem := _image_stem(entry)) is not None:
-            found[stem] = entry
-        elif entry.is_dir():
-            images = [f for f in sorted(entry.iterdir()) if f.is_file() and _image_stem(f) is not None]
-            if len(images) == 1:
-                found[entry.name] = images[0]
-            elif not images and _is_dicom_folder(entry):
-                found[entry.name] = entry
-    return found
-
-
-def split_uncertainty(found: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
-    """(predictions, prediction name → its std map): ``<name>_<target>_std`` beside ``<name>`` is the
-    uncertainty map ``medtrans predict`` writes, not a prediction of its own."""
-    stds = {}
-    for stem in list(found):
-        parts = stem.rsplit("_", 2)
-        if len(parts) == 3 and parts[2] == "std" and parts[0] in found:
-            stds[parts[0]] = found.pop(stem)
-    return found, stds
-
-
-def _match_id(name: str, ids: list[str]) -> str | None:
-    """The reference id for a prediction name: exact, else the longest id it starts with (``1BA001_sct``)."""
-    if name in ids:
-        return name
-    hits = [i for i in ids if name.startswith(i) and name[len(i)] in "_-."]
-    return max(hits, key=len) if hits else None
-
-
-def _references(ref: Path, ref_modality: str | None, pred_modality: str | None):
-    """(id -> reference image, id -> dataset mask, description): a flat folder or a dataset layout."""
-    from medtrans.data.layouts import open_dataset
-    from medtrans.data.modalities import canonical
-
-    try:
-        dataset = open_dataset(ref)
-    except MedtransError:
-        flat = image_folder(ref)
-        if not flat:
-            raise MedtransError(
-                ref,
-                "holds no reference images (no <subject>.nii.gz/.mha files and no known dataset layout)",
-                "give a folder of <subject> images or a dataset root",
-            ) from None
-        return flat, {}, "folder"
-    modalities = dataset.modalities
-    if ref_modality is not None:
-        chosen = canonical(ref_modality)
-    elif pred_modality is not None and pred_modality in modalities:
-        chosen = pred_modality
-    elif len(modalities) == 1:
-        chosen = modalities[0]
-    else:
-        raise MedtransError(
-            ref,
-            f"the dataset has several modalities ({', '.join(modalities)}) and the "
-            "predictions do not say which they synthesise",
-            "pass --ref-modality, e.g. ct",
-        )
-    images = {s.id: s.images[chosen] for s in dataset.subjects if chosen in s.images}
-    if not images:
-        raise MedtransError(
-            ref,
-            f"no subject has modality {chosen!r} (found {', '.join(modalities)})",
-            "pass --ref-modality with one of these",
-        )
-    masks = {s.id: s.mask for s in dataset.subjects if s.mask is not None}
-    return images, masks, f"dataset layout {dataset.layout}, modality {chosen}"
-
-
-def _mask_folder(folder: Path, ids: list[str]) -> dict[str, Path]:
-    """id -> mask from ``<id>.<ext>``, ``<id>_mask.<ext>`` (any suffix) or ``<id>/mask.<ext>``."""
-    found: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.is_file() and (stem := _image_stem(entry)) is not None:
-            sid = _match_id(stem, ids)
-        elif entry.is_dir() and entry.name in ids:
-            files = [
-                f for f in sorted(entry.iterdir()) if (_image_stem(f) or "").lower() in ("mask", entry.name)
-            ]
-            sid, entry = (entry.name, files[0]) if files else (None, entry)
-        else:
-            sid = None
-        if sid is not None and sid not in found:
-            found[sid] = entry
-    return found
-
-
-def _target_modality(volume) -> str | None:
-    """What a prediction synthesises: a ``target=<modality>`` in its SYNTHETIC marking, else its modality."""
-    return marked_target(volume) or volume.modality
-
-
-def match_subjects(
-    pred: str | os.PathLike,
-    ref: str | os.PathLike,
-    *,
-    mask: str | os.PathLike | None = None,
-    compare: str | os.PathLike | None = None,
-    ref_modality: str | None = None,
-) -> tuple[list[SubjectPair], dict]:
-    """Pair every prediction with its reference (and mask, and second prediction) by subject id."""
-    from medtrans.io import load
-
-    pred, ref = Path(pred), Path(ref)
-    for path, role in ((pred, "predictions"), (ref, "references"), (mask, "masks"), (compare, "compare")):
-        if path is not None and not Path(path).is_dir():
-            raise MedtransError(path, f"is not a folder ({role})", f"give the folder that holds the {role}")
-    preds, stds = split_uncertainty(image_folder(pred))
-    if not preds:
-        raise MedtransError(
-            pred, "holds no prediction images", "give a folder of <subject>.nii.gz or .mha files"
-        )
-    first_modality = _target_modality(load(next(iter(preds.values()))))
-    refs, dataset_masks, ref_kind = _references(ref, ref_modality, first_modality)
-    ref_ids = sorted(refs)
-    pairs, missing = [], []
-    for name, path in preds.items():
-        sid = _match_id(name, ref_ids)
-        if sid is None:
-            missing.append(name)
-        else:
-            pairs.append(SubjectPair(sid, path, refs[sid], dataset_masks.get(sid), std=stds.get(name)))
-    if missing:
-        raise MedtransError(
-            ref,
-            f"no reference for prediction(s) {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}",
-            "name predictions <subject>.<ext> with the reference's subject ids",
-        )
-    ids = [p.id for p in pairs]
-    if len(set(ids)) != len(ids):
-        raise MedtransError(pred, "two predictions match the same subject", "keep one prediction per subject")
-    if mask is not None:
-        masks = _mask_folder(Path(mask), ids)
-        absent = [i for i in ids if i not in masks]
-        if absent:
-            raise MedtransError(
-                mask,
-                f"no mask for subject(s) {', '.join(absent[:10])}",
-                "add <subject>.nii.gz masks, or leave out --mask",
-            )
-        for p in pairs:
-            p.mask = masks[p.id]
-    if compare is not None:
-        others, _ = split_uncertainty(image_folder(Path(compare)))
-        other_ids = {(_match_id(n, ids) or n): path for n, path in others.items()}
-        absent = [i for i in ids if i not in other_ids]
-        if absent:
-            raise MedtransError(
-                compare,
-                f"no comparison prediction for subject(s) {', '.join(absent[:10])}",
-                "the paired test needs both models on the same subjects",
-            )
-        for p in pairs:
-            p.other = other_ids[p.id]
-    counts = {
-        "subjects": len(pairs),
-        "predictions": len(preds),
-        "references": len(refs),
-        "references_without_prediction": len(set(refs) - set(ids)),
-        "masked_subjects": sum(p.mask is not None for p in pairs),
-        "uncertainty_maps": sum(p.std is not None for p in pairs),
-    }
-    return pairs, {"reference_source": ref_kind, **counts}
-
-
 def _same_grid(a, b) -> bool:
     return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, rtol=0, atol=GRID_TOLERANCE_MM))
 
@@ -339,6 +144,18 @@ def _score(
     return values
 
 
+def _scores(
+    array: np.ndarray, image: Path, ref: np.ndarray, truth: np.ndarray | None, mask: np.ndarray | None,
+    pair: SubjectPair, preset: str, tissue_classes: int,
+) -> dict[str, float]:
+    """The preset's metrics against the reference, plus ``truth_<metric>`` against the truth if given."""
+    values = _score(array, ref, mask, image, pair.ref, preset, tissue_classes)
+    if truth is not None and pair.truth is not None:
+        against = _score(array, truth, mask, image, pair.truth, preset, 0)
+        values.update({f"{TRUTH_PREFIX}{k}": v for k, v in against.items()})
+    return values
+
+
 def _fid_range(spec: Preset, fid_range: tuple[float, float] | None) -> tuple[float, float]:
     if fid_range is not None:
         return fid_range
@@ -349,6 +166,14 @@ def _fid_range(spec: Preset, fid_range: tuple[float, float] | None) -> tuple[flo
         "FID needs the intensity window the slices are scaled from",
         "pass --fid-range LO,HI (e.g. 0,1000 for MR in arbitrary units)",
     )
+
+
+def _pooled(spec: Preset, per_subject: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The original's number for presets that average slices of all subjects together: per-subject
+    means weighted by their slice counts."""
+    counts = np.array([v["slices"] for v in per_subject.values()])
+    values = per_subject.values()
+    return {m: float(np.dot([v[m] for v in values], counts) / counts.sum()) for m in spec.pooled}
 
 
 def _slices(array: np.ndarray) -> np.ndarray:
@@ -370,6 +195,7 @@ def evaluate(
     extractor: str | os.PathLike | None = None,
     fid_range: tuple[float, float] | None = None,
     seed: int = 0,
+    allow_synthetic: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationResult:
     """Score every prediction in ``pred`` against its reference in ``ref`` under ``preset``.
@@ -377,7 +203,9 @@ def evaluate(
     ``tissue_classes`` > 0 adds segmentation consistency (``seg_dice_*``: intensity classes fitted on the
     reference inside the mask). ``fid`` adds FID/KID over all axial slices (``extractor``: a TorchScript
     file, default the InceptionV3 of ``medtrans[fid]``; ``fid_range``: intensity window, default from
-    the preset).
+    the preset). A reference marked synthetic is refused unless ``allow_synthetic``. When every
+    reference lies in a subject folder with ``truth/<modality>.*`` (the phantom's noise-free images), the
+    predictions are also scored against those truths: ``truth_<metric>`` columns, same preset and mask.
     """
     from medtrans.io import load
 
@@ -389,15 +217,20 @@ def evaluate(
     other: dict[str, dict[str, float]] | None = {} if compare is not None else None
     features: dict[str, list[np.ndarray]] = {"real": [], "pred": [], "compare": []}
     resampled = 0
+    with_truth = bool(pairs) and all(p.truth is not None for p in pairs)
     for i, pair in enumerate(pairs):
         # The reference and mask are read once per subject, for the prediction and the compared one alike.
         ref_vol = load(pair.ref)
+        refuse_synthetic(ref_vol, pair.ref, "reference", allow_synthetic)
         pred_vol, moved = _on_grid(load(pair.pred), ref_vol, pair.pred, pair.ref, resample, order=1)
         mask_arr, moved_mask = _mask_on_grid(pair, ref_vol, resample)
         r_arr = ref_vol.array
-        per_subject[pair.id] = _score(
-            pred_vol.array, r_arr, mask_arr, pair.pred, pair.ref, preset, tissue_classes
-        )
+        truth = None
+        if with_truth:
+            assert pair.truth is not None
+            truth = _on_grid(load(pair.truth), ref_vol, pair.truth, pair.ref, False, order=1)[0].array
+        per_subject[pair.id] = _scores(pred_vol.array, pair.pred, r_arr, truth, mask_arr, pair, preset,
+                                       tissue_classes)
         if pair.std is not None:  # calibration of the std map, in the target's units, inside the mask
             std_vol, _ = _on_grid(load(pair.std), ref_vol, pair.std, pair.ref, resample, order=1)
             per_subject[pair.id].update(calibration(pred_vol.array, r_arr, std_vol.array, mask_arr))
@@ -407,9 +240,8 @@ def evaluate(
             features["pred"].append(net.features(_slices(pred_vol.array), window))
         if other is not None and pair.other is not None:
             o_vol, _ = _on_grid(load(pair.other), ref_vol, pair.other, pair.ref, resample, order=1)
-            other[pair.id] = _score(
-                o_vol.array, r_arr, mask_arr, pair.other, pair.ref, preset, tissue_classes
-            )
+            other[pair.id] = _scores(o_vol.array, pair.other, r_arr, truth, mask_arr, pair, preset,
+                                     tissue_classes)
             if net is not None:
                 features["compare"].append(net.features(_slices(o_vol.array), window))
         if progress is not None:
@@ -420,7 +252,7 @@ def evaluate(
         "preset": spec.name,
         "preset_summary": spec.summary,
         "expects": spec.expects,
-        "conventions": spec.conventions,
+        "conventions": {**spec.conventions, **({"truth": TRUTH_CONVENTION} if with_truth else {})},
         "statistics": {**STATISTICS, "seed": seed},
         "inputs": {
             "predictions": str(pred),
@@ -434,6 +266,8 @@ def evaluate(
         "counts": {**counts, "resampled_subjects": resampled},
         "metrics": {m: summarise([per_subject[s][m] for s in per_subject], seed=seed) for m in metrics},
     }
+    if spec.pooled:
+        summary["pooled_over_slices"] = _pooled(spec, per_subject)
     if other is not None:
         summary["compare"] = {
             "metrics": {m: summarise([other[s][m] for s in other], seed=seed) for m in metrics},

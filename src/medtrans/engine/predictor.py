@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtrans.data.modalities import canonical, is_known
+from medtrans.data.inputs import check_output_folder, check_sources, collect_inputs
+from medtrans.data.missing import with_availability
 from medtrans.engine.inferers import Inferer, Sampling, build_inferer, method_moments
 from medtrans.errors import MedtransError
-
-#: file name endings ``medtrans.io.load`` reads as one image
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".png", ".tif", ".tiff",
-                  ".dcm")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,94 +34,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MedtransError(None, f"device {device!r} asked for but CUDA is not available",
-                            "use --device cpu or --device auto")
+                            "run on the CPU: predict --device cpu, train --set device=cpu "
+                            "(or device: auto)")
     return torch.device(device)
-
-
-def resolve_inputs(path: Path, modalities: Sequence[str]) -> tuple[str, dict[str, Path], bool]:
-    """Which files of ``path`` feed the model: (subject id, modality → path, input is DICOM).
-
-    ``path`` is an image file (single-source models), a DICOM series folder (single-source), or a
-    subject folder holding ``<modality>.<ext>`` files or ``<modality>/`` DICOM folders.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MedtransError(path, "input does not exist", "give an image file, a subject folder or a "
-                            "DICOM series folder")
-    single = modalities[0] if len(modalities) == 1 else None
-    if path.is_file():
-        stem = _strip_suffix(path.name)
-        if stem is None:
-            raise MedtransError(path, "not an image file", f"give a file ending in one of "
-                                f"{', '.join(IMAGE_SUFFIXES)}, a subject folder or a DICOM folder")
-        if single is None:
-            raise MedtransError(path, f"the model needs {', '.join(modalities)} but got one file",
-                                f"give a subject folder with {', '.join(m + '.nii.gz' for m in modalities)}")
-        if is_known(stem):  # <subject>/<modality>.nii.gz: the folder names the subject
-            if canonical(stem) != canonical(single):
-                raise MedtransError(path, f"the file name says {canonical(stem)} but the model translates "
-                                    f"{single}", f"give the {single} image")
-            stem = path.parent.name
-        return stem, {single: path}, _is_dicom(path)
-    found = {m: p for m in modalities if (p := _find_modality(path, m)) is not None}
-    if len(found) == len(modalities):
-        return path.name, found, all(p.is_dir() or p.suffix.lower() == ".dcm" for p in found.values())
-    if _has_dicom(path):
-        if single is None:
-            raise MedtransError(path, f"a single DICOM series but the model needs {', '.join(modalities)}",
-                                f"give a subject folder with one sub-folder per modality: "
-                                f"{', '.join(m + '/' for m in modalities)}")
-        return path.name, {single: path}, True
-    missing = [m for m in modalities if m not in found]
-    raise MedtransError(path, f"missing modality {', '.join(missing)} (the model needs "
-                        f"{', '.join(modalities)})", f"add {', '.join(m + '.nii.gz' for m in missing)} "
-                        "to the subject folder")
-
-
-def _strip_suffix(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
-def _find_modality(folder: Path, modality: str) -> Path | None:
-    """``<modality>.<ext>`` or a ``<modality>/`` DICOM folder, any spelling of the name (T1w, t1n …)."""
-    for entry in sorted(folder.iterdir()):
-        if entry.is_dir() and canonical(entry.name) == canonical(modality):
-            return entry
-        stem = _strip_suffix(entry.name)
-        if entry.is_file() and stem is not None and canonical(stem) == canonical(modality):
-            return entry
-    return None
-
-
-def collect_inputs(paths: Iterable[str | os.PathLike], modalities: Sequence[str]
-                   ) -> list[tuple[str, dict[str, Path], bool]]:
-    """:func:`resolve_inputs` for every path; a dataset root (a folder of subject folders) stands for
-    all its subjects that hold every needed modality."""
-    found = []
-    for path in map(Path, paths):
-        try:
-            found.append(resolve_inputs(path, modalities))
-        except MedtransError:
-            folders = sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
-            subjects = [d for d in folders if all(_find_modality(d, m) is not None for m in modalities)]
-            if not subjects:
-                raise
-            found.extend(resolve_inputs(d, modalities) for d in subjects)
-    return found
-
-
-def _is_dicom(path: Path) -> bool:
-    from medtrans.io.dicom import is_dicom_file  # lazy: importing the predictor stays free of pydicom
-
-    return path.suffix.lower() == ".dcm" or is_dicom_file(path)
-
-
-def _has_dicom(folder: Path) -> bool:
-    return any(p.is_file() and _is_dicom(p) for p in folder.iterdir())
 
 
 def std_output_name(subject: str, target: str) -> str:
@@ -149,6 +61,8 @@ class Predictor:
     sampling: Sampling = field(default_factory=Sampling)
     amp: bool = False
     memory_format: torch.memory_format | None = None
+    #: what ``predict_paths`` wants the user to know (e.g. a subject translated without some sources)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, which: str = "best", device: str = "auto",
@@ -231,11 +145,17 @@ class Predictor:
     def predict_subject_with_std(self, volumes: dict[str, Any],
                                  progress: Callable[[int, int], None] | None = None) -> tuple[Any, Any]:
         """(synthetic Volume, std Volume in the target's units or None), both on the source grid."""
+        dropout = self.config.data.source_dropout > 0
         missing = [m for m in self.sources if m not in volumes]
-        if missing:
+        if missing and (not dropout or len(missing) == len(self.sources)):
             raise MedtransError(None, f"missing modality {', '.join(missing)}",
-                                f"the model needs {', '.join(self.sources)}")
-        array, space = self.plan.to_model_space({m: volumes[m] for m in self.sources})
+                                f"the model needs {', '.join(self.sources)}" + (
+                                    "" if dropout else " (it was not trained with data.source_dropout, "
+                                    "so it cannot predict from fewer sources)"))
+        present = {m: volumes[m] for m in self.sources if m in volumes}
+        array, space = self.plan.to_model_space(present, allow_missing=dropout)
+        if dropout:
+            array = with_availability(array, [m not in space.missing for m in self.sources])
         total = int(array.shape[1 + int(self.plan.slice_axis)])
         done = [0]
 
@@ -250,42 +170,62 @@ class Predictor:
 
     def predict_paths(self, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                       fmt: str | None = None,
-                      progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
+                      progress: Callable[[str, int, int], None] | None = None,
+                      allow_synthetic: bool = False) -> list[Path]:
         """Translate every input and write ``<out_dir>/<subject>.nii.gz`` (or ``<subject>/`` DICOM).
 
         ``fmt`` is ``"nii"``, ``"dcm"`` or None (DICOM when the input was DICOM, else NIfTI).
-        ``progress(subject, done_slices, total_slices)`` is called as slices finish.
+        ``progress(subject, done_slices, total_slices)`` is called as slices finish. Every input is
+        read and checked (readable, modalities, geometry, not marked synthetic unless
+        ``allow_synthetic``) before anything is written; a failed run leaves no new empty ``out_dir``.
         """
         from medtrans.io import SyntheticInfo, load, save
 
         if fmt not in (None, "nii", "dcm"):
             raise MedtransError(None, f"unknown output format {fmt!r}", "use nii or dcm")
         out_dir = Path(out_dir)
-        resolved = collect_inputs(inputs, self.sources)
+        check_output_folder(out_dir, [])
+        inputs = list(inputs)
+        resolved = collect_inputs(inputs, self.sources, optional=self.config.data.source_dropout > 0)
         ids = [subject for subject, _, _ in resolved]
         if len(set(ids)) != len(ids):
             dup = sorted({s for s in ids if ids.count(s) > 1})
             raise MedtransError(out_dir, f"two inputs give the same output name {', '.join(dup)}",
                                 "rename the inputs or translate them into different output folders")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        inputs = [*map(Path, inputs), *(p for _, paths, _ in resolved for p in paths.values())]
+        check_output_folder(out_dir, inputs)
+        for _, paths, _ in resolved:  # read everything once before writing anything
+            check_sources({m: load(p, modality=m) for m, p in paths.items()}, paths, allow_synthetic)
+        created = not out_dir.exists()
         written = []
-        for subject, paths, is_dicom in resolved:
-            volumes = {m: load(p, modality=m) for m, p in paths.items()}
-            reference = volumes[self.sources[0]]
-            tick = None if progress is None else functools.partial(progress, subject)
-            synthetic, std = self.predict_subject_with_std(volumes, progress=tick)
-            as_dicom = fmt == "dcm" or (fmt is None and is_dicom)
-            target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
-            info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]), method=self.method_name,
-                                 target=self.plan.target)
-            written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
-            if std is not None:
-                std_name = std_output_name(subject, self.plan.target)
-                std_path = out_dir / std_name if as_dicom else out_dir / f"{std_name}.nii.gz"
-                std_info = SyntheticInfo(model=self.name, source=str(paths[self.sources[0]]),
-                                         method=f"{self.method_name} std of {self.sampling.samples} samples"
-                                         f"{' + flip TTA' if self.sampling.tta else ''}",
-                                         target=f"{self.plan.target}_std")
-                written.append(Path(save(std, std_path, reference=reference, synthetic=std_info)))
+        try:
+            for subject, paths, is_dicom in resolved:
+                volumes = {m: load(p, modality=m) for m, p in paths.items()}
+                first = next(m for m in self.sources if m in volumes)
+                reference = volumes[first]
+                tick = None if progress is None else functools.partial(progress, subject)
+                synthetic, std = self.predict_subject_with_std(volumes, progress=tick)
+                as_dicom = fmt == "dcm" or (fmt is None and is_dicom)
+                target = out_dir / subject if as_dicom else out_dir / f"{subject}.nii.gz"
+                missing = [m for m in self.sources if m not in volumes]
+                method = self.method_name + (f" (sources missing: {', '.join(missing)})" if missing else "")
+                if missing:
+                    self.notes.append(f"{subject}: translated without {', '.join(missing)} (absent; the run "
+                                      "was trained with source dropout)")
+                info = SyntheticInfo(model=self.name, source=str(paths[first]), method=method,
+                                     target=self.plan.target)
+                written.append(Path(save(synthetic, target, reference=reference, synthetic=info)))
+                if std is not None:
+                    std_name = std_output_name(subject, self.plan.target)
+                    std_path = out_dir / std_name if as_dicom else out_dir / f"{std_name}.nii.gz"
+                    spread = f"std of {self.sampling.samples} samples" + (" + flip TTA" if self.sampling.tta
+                                                                          else "")
+                    std_info = SyntheticInfo(model=self.name, source=str(paths[first]),
+                                             method=f"{method} {spread}", target=f"{self.plan.target}_std")
+                    written.append(Path(save(std, std_path, reference=reference, synthetic=std_info)))
+        except BaseException:
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            raise
         return written
 

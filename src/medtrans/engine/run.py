@@ -12,6 +12,7 @@ Layout (written by ``engine.trainer.train``)::
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,19 +40,16 @@ def build_method(config: Config) -> Method:
     kwargs: dict[str, Any] = dict(config.method.args)
     if config.discriminator is not None:
         kwargs["discriminator"] = {"name": config.discriminator.name, **config.discriminator.args}
-    try:
-        return cls(
-            spatial_dims=config.data.spatial_dims,
-            in_channels=config.data.in_channels,
-            out_channels=1,
-            backbone={"name": config.backbone.name, **config.backbone.args},
-            **kwargs,
-        )
+    kwargs.update(spatial_dims=config.data.spatial_dims, in_channels=config.data.in_channels, out_channels=1,
+                  backbone={"name": config.backbone.name, **config.backbone.args})
+    try:  # the arguments are checked against the signature; a TypeError raised inside is a real bug
+        inspect.signature(cls).bind(**kwargs)
     except TypeError as err:
         raise MedtransError(
             None, f"method {config.method.name!r} rejected its arguments ({err})",
             "check method.args, backbone.args and discriminator against docs/TRAINING.md",
         ) from None
+    return cls(**kwargs)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> Config:

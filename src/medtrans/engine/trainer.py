@@ -29,6 +29,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
 from medtrans.config import Config, OptimConfig, dump_config
+from medtrans.data.missing import drop_sources, with_availability
 from medtrans.engine import checkpoint as ckpt
 from medtrans.engine.data import TrainData, ValSubject, build_data
 from medtrans.engine.inferers import Sampling, SliceInferer, build_inferer, method_moments
@@ -244,6 +245,9 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One update of every group in order; returns the named loss values ``group/name``."""
         logged: dict[str, float] = {}
+        if self.config.data.source_dropout > 0:  # the same dropped batch for every group
+            batch = {**batch, "source": drop_sources(batch["source"], len(self.config.data.sources),
+                                                     self.config.data.source_dropout)}
         for group in self.groups:
             frozen = [p for g, ps in self.group_params.items() if g != group for p in ps if p.requires_grad]
             for p in frozen:
@@ -305,7 +309,10 @@ class Trainer:
         sampling = Sampling(steps=cfg.inference.steps if model.default_steps is not None else None,
                             seed=cfg.inference.seed)
         moments = method_moments(model, sampling, self.device, cfg.optim.amp, self.memory_format)
-        array = torch.from_numpy(np.ascontiguousarray(subject.source, dtype=np.float32))
+        source = subject.source
+        if cfg.data.source_dropout > 0:  # every source present at validation
+            source = with_availability(source, [True] * len(cfg.data.sources))
+        array = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
         chosen = None
         multi_step = model.default_steps is not None
         if isinstance(inferer, SliceInferer) and multi_step and cfg.validation.max_slices:
@@ -343,7 +350,15 @@ class Trainer:
                     subject = ValSubject(subject.id, source, target, mask)
                 kwargs = {"mask": mask, "data_range": self.data.data_range}
                 scores["psnr"].append(float(psnr(pred, target, **kwargs)))
-                scores["ssim"].append(float(ssim(pred, target, **kwargs)))
+                if keep is not None:  # a few scattered slices: 2D SSIM per slice, averaged
+                    axis = self.data.slice_axis
+                    slices = {k: None if v is None else np.moveaxis(v, axis, 0)
+                              for k, v in (("pred", pred), ("ref", target), ("mask", mask))}
+                    per_slice = ssim(slices["pred"], slices["ref"], mask=slices["mask"],
+                                     data_range=self.data.data_range, batch=True)
+                    scores["ssim"].append(float(np.nanmean(np.asarray(per_slice))))
+                else:
+                    scores["ssim"].append(float(ssim(pred, target, **kwargs)))
                 scores["mae"].append(float(mae(pred, target, mask=mask)))
                 if len(grid) < GRID_SUBJECTS:
                     grid.append(self._grid_row(subject, pred))
@@ -373,8 +388,9 @@ class Trainer:
                 np.take(subject.target, index, axis=axis))
 
     # ----------------------------------------------------------------------------------- loop
-    def fit(self, stop_after: int | None = None) -> Path:
-        """Run until ``total_steps`` (or ``stop_after`` steps of this session); returns the run dir."""
+    def fit(self, stop_after: int | None = None, time_limit: float | None = None) -> Path:
+        """Run until ``total_steps`` (or ``stop_after`` steps of this session, or ``time_limit`` seconds
+        of it: a wall-clock budget, then ``checkpoints/last`` as at the end); returns the run dir."""
         cfg = self.config
         p = self.progress
         # rows after the checkpoint (or, for a new run, from an earlier attempt that crashed) are dropped
@@ -385,6 +401,7 @@ class Trainer:
             with _progress_bar(cfg.logging.progress, self.total_steps, p.step) as bar, \
                     _stop_on_interrupt() as interrupted:
                 window_start, window_steps = time.perf_counter(), 0
+                session_start = window_start
                 batches = self.batches()
                 while p.step < end:
                     losses = self.train_step(self._to_device(next(batches)))
@@ -394,21 +411,26 @@ class Trainer:
                     now = time.perf_counter()
                     rate = window_steps * cfg.optim.batch_size / max(now - window_start, 1e-9)
                     bar.update(p.step, losses, rate)
-                    stopping = p.step == end or interrupted.is_set()
+                    out_of_time = time_limit is not None and now - session_start >= time_limit
+                    stopping = p.step == end or interrupted.is_set() or out_of_time
                     if p.step % cfg.logging.every == 0 or stopping:
                         lrs = {f"lr/{g}": s.get_last_lr()[0] for g, s in self.schedulers.items()}
                         log.scalars(p.step, p.epoch, {**losses, **lrs, "samples_per_s": rate})
                         window_start, window_steps = now, 0
                     finished = p.step == self.total_steps
-                    if finished or (cfg.validation.every and p.step % cfg.validation.every == 0):
+                    # a spent wall-clock budget ends the run as its last step would: validate, save
+                    due = bool(cfg.validation.every) and p.step % cfg.validation.every == 0
+                    if finished or out_of_time or due:
                         self.validate(log)
                     if finished or stopping or p.step % cfg.checkpoint.every == 0:
                         self.save("last")
+                    if out_of_time:
+                        break
                     if interrupted.is_set():
                         _console().print(f"interrupted after step {p.step}: checkpoints/last written; "
                                          f"continue with medtrans train --resume {self.run_dir}",
                                          markup=False, highlight=False)
-                        break
+                        raise KeyboardInterrupt(f"training interrupted after step {p.step}")
         finally:
             log.close()
         return self.run_dir
@@ -517,14 +539,17 @@ def prepare_run_dir(config: Config, run_dir: Path | None, resume: Path | None) -
 
 
 def train(config: Config, run_dir: str | os.PathLike | None = None,
-          resume: str | os.PathLike | None = None, stop_after: int | None = None) -> Path:
+          resume: str | os.PathLike | None = None, stop_after: int | None = None,
+          time_limit: float | None = None) -> Path:
     """Train ``config`` into a run directory and return it.
 
     ``resume`` continues the run in that folder from ``checkpoints/last`` (``run_dir`` is then ignored);
-    ``stop_after`` ends this session after that many steps (for time-limited jobs; resume later).
+    ``stop_after`` ends this session after that many steps (for time-limited jobs; resume later);
+    ``time_limit`` after that many seconds of training. Ctrl-C stops after the current step, writes
+    ``checkpoints/last`` and raises KeyboardInterrupt.
     """
     config, folder = prepare_run_dir(config, None if run_dir is None else Path(run_dir),
                                      None if resume is None else Path(resume))
     with deterministic_mode(config.deterministic):
         trainer = Trainer(config, folder, resume=resume is not None)
-        return trainer.fit(stop_after=stop_after)
+        return trainer.fit(stop_after=stop_after, time_limit=time_limit)

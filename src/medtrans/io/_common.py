@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medtrans.errors import MedtransError
+from medtrans.io.suffixes import split_image_name
 
 # File-name tokens (case-insensitive) that name a modality, as datasets spell them:
 # SynthRAD `ct.nii.gz`/`mr.mha`, BraTS `_t1n`/`_t2f`, BIDS `_T2w`, IXI `-PD`.
@@ -27,18 +29,10 @@ _HU_MODALITIES = {"ct", "cbct"}
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM/ITK patient LPS <-> medtrans RAS (its own inverse)
 
-# Extensions the readers know, longest first so `.nii.gz` wins over `.gz`.
-EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".npy", ".png", ".tiff", ".tif", ".dcm")
-
 
 def split_extension(path: Path) -> tuple[str, str]:
     """(stem, known extension lowercased) — ``''`` when the extension is not one we read."""
-    name = path.name
-    lower = name.lower()
-    for ext in EXTENSIONS:
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], ext
-    return path.stem, ""
+    return split_image_name(path.name) or (path.stem, "")
 
 
 def modality_from_name(path: Path) -> str | None:
@@ -134,10 +128,13 @@ def staged(final: Path) -> Iterator[Path]:
     first and ``final`` last, each with ``os.replace`` (atomic on one file system); on error the
     staging folder is removed and nothing appears at the destination. A folder written in place of
     a non-empty one (the caller has checked it may go) swaps in with two renames; the old one leaves
-    with the staging folder.
+    with the staging folder. Staging folders of the same ``final`` left by a killed run are removed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):  # left by a killed run
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield stage / final.name

@@ -12,7 +12,6 @@ import numpy as np
 from medtrans.errors import MedtransError
 from medtrans.io import arrays, dicom, itk, nifti
 from medtrans.io._common import (
-    EXTENSIONS,
     check_finite,
     input_files,
     refuse_overwrite,
@@ -20,6 +19,7 @@ from medtrans.io._common import (
     staged,
     units_for,
 )
+from medtrans.io.suffixes import IMAGE_SUFFIXES
 from medtrans.io.volume import SyntheticInfo, Volume
 
 _READERS = {
@@ -41,7 +41,7 @@ def _unknown_extension(path: Path, writing: bool) -> MedtransError:
     verb = "write" if writing else "read"
     return MedtransError(
         path, f"cannot {verb} this file type (extension {''.join(path.suffixes) or 'none'!r})",
-        f"use one of {', '.join(EXTENSIONS)}" + (" or a folder for a DICOM series" if writing else ""),
+        f"use one of {', '.join(IMAGE_SUFFIXES)}" + (" or a folder for a DICOM series" if writing else ""),
     )
 
 
@@ -51,8 +51,7 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
     ``series_uid`` picks one series from a DICOM folder that holds several.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise MedtransError(path, "does not exist", "check the path and the current directory")
+    _check_readable(path)
     if path.is_dir():
         volume = dicom.read_folder(path, modality, series_uid)
     else:
@@ -66,6 +65,21 @@ def load(path: str | os.PathLike, *, modality: str | None = None, series_uid: st
     if modality is None and target:  # what a prediction synthesises beats names guessed from files/tags
         volume.meta.update(modality=target, units=units_for(target))
     return volume
+
+
+def _check_readable(path: Path) -> None:
+    """A missing path or one the user may not read gets its own message, not "truncated or corrupt"."""
+    try:
+        if not path.exists():
+            raise MedtransError(path, "does not exist", "check the path and the current directory")
+        for file in [f for f in path.iterdir() if f.is_file()] if path.is_dir() else [path]:
+            with open(file, "rb"):
+                pass
+    except PermissionError as err:
+        denied = Path(err.filename) if err.filename else path
+        raise MedtransError(denied, "permission denied: you may not read this file or folder",
+                            "ask its owner for read access (e.g. chmod u+r), or copy it somewhere you "
+                            "can read it") from None
 
 
 def marked_target(volume: Volume) -> str | None:

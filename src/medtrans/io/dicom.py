@@ -105,6 +105,19 @@ def _floats(value: Any, count: int, path: str, tag: str) -> np.ndarray:
     return out
 
 
+def _frame_offset(ds: Dataset, frame: int, count: int, path: Path) -> float:
+    """Distance (mm, along the slice normal) of a legacy multi-frame file's frame from the first.
+
+    RT dose grids give ``GridFrameOffsetVector``: offsets relative to ImagePositionPatient (first entry
+    0) or, in its older form, absolute positions along the normal (first entry = the first frame's):
+    either way the distance is the entry minus the first. Other files give ``SpacingBetweenSlices``.
+    """
+    if "GridFrameOffsetVector" in ds:
+        offsets = _floats(ds.GridFrameOffsetVector, count, path.name, "GridFrameOffsetVector")
+        return float(offsets[frame] - offsets[0])
+    return float(ds.SpacingBetweenSlices) * frame
+
+
 def _frames(ds: Dataset, path: Path) -> list[_Slice]:
     """All frames of one file, each with its own position, orientation, spacing and rescale."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
@@ -132,7 +145,8 @@ def _frames(ds: Dataset, path: Path) -> list[_Slice]:
         rescale = _item(ds, f, "PixelValueTransformationSequence")
         if plane is not None:
             position = _floats(plane.get("ImagePositionPatient"), 3, where, "ImagePositionPatient")
-        elif count > 1 and "ImagePositionPatient" in ds and "SpacingBetweenSlices" in ds:
+        elif count > 1 and "ImagePositionPatient" in ds and (
+                "SpacingBetweenSlices" in ds or "GridFrameOffsetVector" in ds):
             position = None  # legacy multi-frame: stacked from the first position below
         else:
             position = _floats(ds.get("ImagePositionPatient"), 3, where, "ImagePositionPatient")
@@ -142,8 +156,10 @@ def _frames(ds: Dataset, path: Path) -> list[_Slice]:
         if position is None:
             normal = np.cross(iop[:3], iop[3:])
             start = _floats(ds.ImagePositionPatient, 3, where, "ImagePositionPatient")
-            position = start + normal * float(ds.SpacingBetweenSlices) * f
-        if rescale is not None and "RescaleSlope" in rescale:
+            position = start + normal * _frame_offset(ds, f, count, path)
+        if "DoseGridScaling" in ds and "RescaleSlope" not in ds:  # RT dose: stored value x scaling = dose
+            values = data[f] * float(ds.DoseGridScaling)
+        elif rescale is not None and "RescaleSlope" in rescale:
             values = data[f] * float(rescale.RescaleSlope) + float(rescale.get("RescaleIntercept", 0.0))
         else:
             values = apply_modality_lut(data[f], ds)
@@ -233,6 +249,8 @@ def _volume(frames: list[_Slice], files: list[Path], header: Dataset, source: Pa
     meta["series_uid"] = str(header.get("SeriesInstanceUID", ""))
     meta["series_description"] = str(header.get("SeriesDescription", ""))
     meta["dicom_modality"] = tag
+    if tag == "RTDOSE" and str(header.get("DoseUnits", "")).upper() == "GY":
+        meta["units"] = "Gy"  # values were multiplied by DoseGridScaling
     if description.startswith("SYNTHETIC"):
         meta["synthetic"] = str(header.get("ImageComments", "") or description)
     return Volume(array, affine, meta)
@@ -274,7 +292,8 @@ def read_folder(folder: Path, modality: str | None = None, series_uid: str | Non
     if series_uid is None and len(series) > 1:
         raise MedtransError(
             folder, f"folder holds {len(series)} DICOM series: {_series_table(series)}",
-            "pick one with series_uid=... (CLI: --series UID) or move each series into its own folder",
+            "move each series into its own folder (medtrans info FOLDER --series UID shows one; from "
+            "Python: load(FOLDER, series_uid=UID))",
         )
     if series_uid is not None and series_uid not in series:
         raise MedtransError(folder, f"no series with UID {series_uid}; found: {_series_table(series)}",

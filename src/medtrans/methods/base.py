@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -38,12 +38,21 @@ class Method(nn.Module, ABC):
     stochastic: ClassVar[bool] = False
     #: sampling steps when none are asked for; None for one-pass methods, which refuse ``steps``
     default_steps: ClassVar[int | None] = None
+    #: trains and translates on its own (False for a stage of a staged model, e.g. a VQ-VAE, which
+    #: ``medtrans benchmark``'s ``entries: all`` leaves out)
+    standalone: ClassVar[bool] = True
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int = 1) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
+
+    @classmethod
+    def needs_pairs(cls, args: Mapping[str, Any]) -> bool:
+        """Whether a run with these method ``args`` trains on paired data (checked against data.paired
+        before any data is read); the class's ``paired`` unless the method has both variants."""
+        return cls.paired
 
     @abstractmethod
     def group_parameters(self, group: str) -> Iterator[nn.Parameter]:

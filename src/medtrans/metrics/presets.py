@@ -32,6 +32,9 @@ class Preset:
     conventions: dict[str, str]
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], dict[str, float]] = field(repr=False)
     fid_window: tuple[float, float] | None = None  # intensities scaled to the FID extractor's input
+    # metrics the original pools over the slices of all subjects: the evaluator adds their mean
+    # weighted by the per-subject ``slices`` count
+    pooled: tuple[str, ...] = ()
 
 
 def _default(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
@@ -85,34 +88,59 @@ def _synthrad2025(
     return {
         "mae": fm.mae(pm, rm, mask=mask),
         "psnr": fm.psnr(pc, rc, data_range=dr, mask=mask),
+        # as the official code executes: luminance at every scale with that scale's weight
         "ms_ssim": ms_ssim(
-            pc - HU_AIR, rc - HU_AIR, data_range=dr, mask=mask, luminance="none", pad_small=True
+            pc - HU_AIR, rc - HU_AIR, data_range=dr, mask=mask, luminance="all", pad_small=True
         ),
     }
 
 
-def _icon(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
-    for t, name in ((p, "prediction"), (r, "reference")):
-        lo, hi = float(t.min()), float(t.max())
-        if lo < -1.05 or hi > 1.05:
-            raise MedtransError(
-                None,
-                f"preset 'icon' expects images scaled to [0, 1] (or [-1, 1]); the {name} "
-                f"spans [{lo:g}, {hi:g}]",
-                "scale each volume to [0, 1] as SynDiff/SelfRDB do",
-            )
-    p, r = ((t + 1) / 2 if float(t.min()) < -0.1 else t for t in (p, r))
-    p, r = p.clamp(0, 1), r.clamp(0, 1)  # the [-1, 1] -> [0, 1] step clips; [0, 1] data is unchanged
+def _synthrad2025_container(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
+    return _synthrad2025(p, r, m, hi=3071.0)
+
+
+def _unit_scale(t: torch.Tensor, name: str, preset: str) -> torch.Tensor:
+    """icon-lab's input step: [0, 1] data unchanged; [-1, 1] data (minimum < -0.1) mapped to [0, 1] and
+    only then clipped, as SynDiff's and SelfRDB's code do."""
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -1.05 or hi > 1.05:
+        raise MedtransError(
+            None,
+            f"preset {preset!r} expects images scaled to [0, 1] (or [-1, 1]); the {name} "
+            f"spans [{lo:g}, {hi:g}]",
+            "scale each volume to [0, 1] as SynDiff/SelfRDB do",
+        )
+    return ((t + 1) / 2).clamp(0, 1) if lo < -0.1 else t
+
+
+def _icon_slices(
+    p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None, preset: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both images scaled, masked, as (Z, X, Y) stacks of axial slices (the last voxel axis)."""
+    p, r = _unit_scale(p, "prediction", preset), _unit_scale(r, "reference", preset)
     if m is not None:
         p, r = p * m, r * m
-    # axial slices: the last voxel axis, as a (Z, X, Y) stack; |x| / slice mean (mean over all pixels)
-    p, r = (t.abs().movedim(-1, 0) for t in (p, r))
-    keep = r.mean(dim=(1, 2)) > 0  # a zero reference slice has no mean to divide by: NaN there, skipped
+    return p.movedim(-1, 0), r.movedim(-1, 0)
+
+
+def _kept(keep: torch.Tensor, preset: str) -> None:
     if not bool(keep.any()):
-        raise MedtransError(None, "every reference slice is zero inside the mask", "check the mask and image")
-    p, r = p[keep], r[keep]
-    p = p / p.mean(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    r = r / r.mean(dim=(1, 2), keepdim=True)
+        raise MedtransError(
+            None, f"preset {preset!r}: every slice is zero inside the mask (in the prediction or the "
+            "reference)", "check the mask and the images"
+        )
+
+
+def _icon(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
+    p, r = _icon_slices(p, r, m, "icon")
+    p, r = p.abs(), r.abs()
+    # |x| / slice mean (over all pixels); a slice whose mean is zero in either image is NaN in the
+    # original (0 / 0) and dropped by its nanmean: skipped here
+    pmean, rmean = p.mean(dim=(1, 2)), r.mean(dim=(1, 2))
+    keep = (pmean > 0) & (rmean > 0)
+    _kept(keep, "icon")
+    p = p[keep] / pmean[keep, None, None]
+    r = r[keep] / rmean[keep, None, None]
     peak = r.amax(dim=(1, 2))
     err = ((p - r) ** 2).mean(dim=(1, 2))
     psnr_slices = torch.where(err > 0, 10 * torch.log10(peak**2 / err), torch.full_like(err, np.inf))
@@ -123,7 +151,37 @@ def _icon(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str,
     return {"psnr": float(psnr_slices.mean()), "ssim_pct": float(np.mean(ssim_slices) * 100.0)}
 
 
+def _syndiff(p: torch.Tensor, r: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
+    p, r = _icon_slices(p, r, m, "syndiff")
+    pmax, rmax = p.amax(dim=(1, 2)), r.amax(dim=(1, 2))
+    keep = (pmax > 0) & (rmax > 0)  # 0 / 0 in the original: NaN, which would poison its pooled mean
+    _kept(keep, "syndiff")
+    p = p[keep] / pmax[keep, None, None]
+    r = r[keep] / rmax[keep, None, None]
+    peak = p.amax(dim=(1, 2))  # the prediction's maximum is SynDiff's data range
+    err = ((p - r) ** 2).mean(dim=(1, 2))
+    psnr_slices = torch.where(err > 0, 10 * torch.log10(peak**2 / err), torch.full_like(err, np.inf))
+    return {"psnr": float(psnr_slices.mean()), "slices": float(keep.sum())}
+
+
 _HU = "CT in Hounsfield units"
+_ICON_SCALING = ("[0, 1] data unchanged (no clipping); an image with minimum < -0.1 is mapped from [-1, 1] "
+                 "to [0, 1] and then clipped to [0, 1]")
+
+
+def _synthrad2025_conventions(hi: int) -> dict[str, str]:
+    dr = hi + 1024
+    return {
+        "mask": "binarised > 0; outside-mask voxels set to -1024 in both images first",
+        "mae": "sum |gt*m - pred*m| / sum m, no clipping",
+        "psnr": f"clip both to [-1024, {hi}] HU, keep mask voxels, data_range {dr}",
+        "ms_ssim": f"clip to [-1024, {hi}], shift +1024, edge-pad each axis to >= 97 voxels; 5 scales "
+        "weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333); per scale map L^w C^w S^w, luminance with the "
+        "scale's weight at every scale as the official code executes (terms clipped at 0, C3 = C2/2, "
+        f"uniform 7^3 window, sample covariance, data_range {dr}) averaged inside the mask after a 3-voxel "
+        "crop; between scales 2x2x2 mean (zero before index 0) and subsampling by 2, mask subsampled; "
+        "product of the per-scale values clipped to [0, 1]",
+    }
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         "default",
@@ -158,40 +216,55 @@ PRESETS: dict[str, Preset] = {
     ),
     "synthrad2025": Preset(
         "synthrad2025",
-        "SynthRAD2025 official image metrics (MAE, PSNR, masked MS-SSIM) for sCT in HU.",
+        "SynthRAD2025 official image metrics (MAE, PSNR, masked MS-SSIM) for sCT in HU, metrics repository "
+        "range [-1024, 3000].",
         _HU,
-        {
-            "mask": "binarised > 0; outside-mask voxels set to -1024 in both images first",
-            "mae": "sum |gt*m - pred*m| / sum m, no clipping",
-            "psnr": "clip both to [-1024, 3000] HU (the metrics repository; the evaluation container uses "
-            "3071), keep mask voxels, data_range 4024",
-            "ms_ssim": "clip, shift +1024, edge-pad each axis to >= 97 voxels; 5 scales weights "
-            "(0.0448, 0.2856, "
-            "0.3001, 0.2363, 0.1333); per scale map C^w S^w (terms clipped at 0, C3 = C2/2, uniform "
-            "7^3 window, sample covariance, data_range 4024) averaged inside the mask after a 3-voxel "
-            "crop; luminance exponent 0 at every scale as the official code executes; between "
-            "scales 2x2x2 mean (zero before index 0) and subsampling by 2, mask subsampled; product "
-            "of the per-scale values clipped to [0, 1]",
-        },
+        _synthrad2025_conventions(3000),
         _synthrad2025,
         fid_window=(-1024.0, 3000.0),
     ),
+    "synthrad2025_container": Preset(
+        "synthrad2025_container",
+        "SynthRAD2025 image metrics with the evaluation container's range [-1024, 3071] HU (the "
+        "leaderboard's numbers).",
+        _HU,
+        _synthrad2025_conventions(3071),
+        _synthrad2025_container,
+        fid_window=(-1024.0, 3071.0),
+    ),
     "icon": Preset(
         "icon",
-        "icon-lab (SynDiff, SelfRDB) per-slice PSNR / SSIM x100 on mean-normalised slices.",
+        "icon-lab (SelfRDB compute_metrics) per-slice PSNR / SSIM x100 on mean-normalised slices.",
         "images scaled to [0, 1] (or [-1, 1])",
         {
+            "scaling": _ICON_SCALING,
             "mask": "images multiplied by the binarised mask",
-            "scaling": "an image with minimum < -0.1 is mapped from [-1, 1] to [0, 1] and clipped",
-            "slices": "axial = last voxel axis; each slice |x| / mean(|x|) over all its pixels; slices whose "
-            "reference is all zero are skipped (NaN in the original, dropped by nanmean)",
+            "slices": "axial = last voxel axis; each slice |x| / mean(|x|) over all its pixels; a slice "
+            "whose mean is zero in the prediction or the reference is skipped (NaN in the original, "
+            "dropped by nanmean)",
             "psnr": "per slice, data_range = max of the normalised reference slice; mean over slices",
             "ssim_pct": "per slice scikit-image defaults (uniform 7x7, sample covariance), "
-            "data_range = max of "
-            "the normalised reference slice, x100; mean over slices",
+            "data_range = max of the normalised reference slice, x100; mean over slices",
         },
         _icon,
         fid_window=(0.0, 1.0),
+    ),
+    "syndiff": Preset(
+        "syndiff",
+        "SynDiff's test script: per-slice PSNR on max-normalised slices, pooled over all slices.",
+        "images scaled to [0, 1] (or [-1, 1])",
+        {
+            "scaling": _ICON_SCALING,
+            "mask": "without --mask none (as the original); with a mask both images are multiplied by it",
+            "slices": "axial = last voxel axis; each slice divided by its own maximum; a slice whose maximum "
+            "is zero in either image is skipped (0/0 in the original); 'slices' = slices scored",
+            "psnr": "per slice, data_range = max of the normalised prediction slice; no SSIM",
+            "pooling": "the original averages all slices of all subjects: summary.json 'pooled_over_slices' "
+            "is that slice-weighted mean; 'metrics' holds the mean of per-subject means",
+        },
+        _syndiff,
+        fid_window=(0.0, 1.0),
+        pooled=("psnr",),
     ),
 }
 

@@ -71,3 +71,18 @@ def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> dict[str, object]
     else:
         result["p_value"] = float(wilcoxon(x, y, alternative="two-sided").pvalue)
     return result
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values (step-down, monotone), for comparing several models with one.
+
+    ``None`` (no test possible) stays ``None`` and does not count towards the number of tests.
+    """
+    indexed = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(indexed)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(indexed):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -412,8 +412,9 @@ def ms_ssim(
     At scale j the map ``L^a_j C^w_j S^w_j`` (each term clipped at 0, C3 = C2/2) is averaged over the
     mask inside the valid interior; between scales images go through a 2^d box mean and subsampling
     by 2 (mask: subsampling only). ``luminance``: "last" (Wang et al. 2003: a = w at the last scale
-    only), "none" (a = 0 everywhere: what SynthRAD2025's official code executes, since its luminance
-    weight list is one entry longer than its scales), or "all" (a = w at every scale). ``pad_small``:
+    only), "none" (a = 0 everywhere), or "all" (a = w at every scale: what SynthRAD2025's official
+    code executes, since its None check that would select the last-scale-only list runs after the
+    luminance weights were already set to the scale weights). ``pad_small``:
     edge-pad each axis symmetrically to the smallest size that survives all scales (97 for 5 scales and
     a 7-window, as SynthRAD2025 does); otherwise smaller images are an error.
     """
@@ -421,7 +422,7 @@ def ms_ssim(
         raise MedtransError(
             None,
             f"luminance must be 'last', 'none' or 'all', got {luminance!r}",
-            "use 'last' (Wang) or 'none' (SynthRAD2025 official)",
+            "use 'last' (Wang) or 'all' (SynthRAD2025 official)",
         )
     p, r, m, dr = _prepare(pred, ref, mask, data_range, batch=False)
     window = make_window(gaussian_weights, win_size, sigma)

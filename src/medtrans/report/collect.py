@@ -53,7 +53,7 @@ def model_name(folder: Path) -> str:
 
 def read_evaluation(folder: Path) -> Evaluation:
     """Rows of ``per_subject.csv`` and the prediction/reference/mask files the summary points to."""
-    from medtrans.engine.evaluator import match_subjects
+    from medtrans.data.inputs import match_subjects
 
     with open(folder / "per_subject.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

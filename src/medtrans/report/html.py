@@ -187,15 +187,17 @@ def _subject_section(index: int, view: SubjectView, models: Sequence[ModelResult
 
 
 def render_report(models: Sequence[ModelResult], subjects: Sequence[SubjectView],
-                  title: str = "medtrans report", notes: Sequence[str] = (), max_slices: int = 24) -> str:
-    """The whole document as a string (see :func:`write_report`)."""
+                  title: str = "medtrans report", notes: Sequence[str] = (), max_slices: int = 24,
+                  preamble: str = "") -> str:
+    """The whole document as a string (see :func:`write_report`); ``preamble`` is trusted HTML shown
+    after the notes (the benchmark's leaderboard and plots)."""
     metrics = metric_names(models)
     sections = "".join(_subject_section(i, v, models, metrics, max_slices) for i, v in enumerate(subjects))
     notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-        f"{notes_html}<h2>Summary (mean ± sd over subjects)</h2>{summary_table(models, metrics)}"
+        f"{notes_html}{preamble}<h2>Summary (mean ± sd over subjects)</h2>{summary_table(models, metrics)}"
         f'<p class="note">Images: axial slices, radiological view (patient right on the left); synthetic '
         f"and target share the target's 0.5–99.5th percentile window; error maps share one scale per "
         f"subject.</p>{sections}</body></html>"
@@ -203,7 +205,9 @@ def render_report(models: Sequence[ModelResult], subjects: Sequence[SubjectView]
 
 
 def write_report(path: str | os.PathLike, models: Sequence[ModelResult], subjects: Sequence[SubjectView],
-                 title: str = "medtrans report", notes: Sequence[str] = (), max_slices: int = 24) -> Path:
+                 title: str = "medtrans report", notes: Sequence[str] = (), max_slices: int = 24,
+                 preamble: str = "") -> Path:
     """Write the report atomically (temporary file in the same folder, then rename)."""
-    text = render_report(models, subjects, title=title, notes=notes, max_slices=max_slices)
+    text = render_report(models, subjects, title=title, notes=notes, max_slices=max_slices,
+                         preamble=preamble)
     return write_text(path, text)

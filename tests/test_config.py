@@ -11,7 +11,7 @@ from medtrans.config import Config, dump_config, load_config
 from medtrans.engine.run import build_method
 from medtrans.errors import MedtransError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 
 BASE = {
@@ -131,3 +131,34 @@ def test_recipes_cover_the_promised_tasks() -> None:
     assert {"phantom_t1_t2_regression", "phantom_t1_t2_pix2pix", "phantom_t1_t2_cyclegan",
             "phantom_t1_ct_regression"} <= names
     assert any(load_config(p).data.dims == "3d" for p in RECIPES)
+
+
+def test_validating_a_config_imports_only_the_modules_it_names() -> None:
+    """One optional dependency that fails to import must not break configs that do not use it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, yaml\n"
+        "from medtrans.config import validate_config\n"
+        f"validate_config(yaml.safe_load({yaml.safe_dump(BASE)!r}))\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('medtrans.'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert {"medtrans.nets.unet", "medtrans.methods.regression"} <= loaded
+    assert not loaded & {"medtrans.nets.resnet", "medtrans.methods.pix2pix", "medtrans.methods.cyclegan"}
+
+
+def test_build_method_lets_a_bug_inside_a_constructor_propagate(tmp_path: Path) -> None:
+    """Arguments are checked against the signature; a TypeError raised while constructing is a bug in the
+    component (here: a width that is not a number reaches the network's layers), not 'rejected args'."""
+    from medtrans.config import validate_config
+
+    bad_value = validate_config({**BASE, "backbone": {"name": "unet", "args": {"depth": 2, "width": "four"}}})
+    with pytest.raises(TypeError) as caught:
+        build_method(bad_value)
+    assert not isinstance(caught.value, MedtransError)
+    good = build_method(validate_config(BASE))
+    assert sum(p.numel() for p in good.parameters()) > 0
