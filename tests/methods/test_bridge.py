@@ -185,8 +185,10 @@ def test_inputs_steps_and_groups(assert_groups_partition) -> None:
         pixel_bridge(discriminator={"name": "patchgan"})
     gan = pixel_bridge(adversarial=0.5, discriminator={"name": "patchgan", "n_layers": 1, "width": 4})
     assert gan.groups == ("g", "d") and gan.optimizer_settings("d") == {"betas": (0.5, 0.9)}
-    assert gan.discriminator.model[0].in_channels == 3  # x_{t'}, x_t and the time channel
+    assert gan.discriminator.model[0].in_channels == 3  # x_{t'}, x_t and a channel holding t
     assert_groups_partition(gan)
+    timed = pixel_bridge(adversarial=0.5)  # default: timed_patchgan, t through its time embedding
+    assert timed.timed and timed.discriminator.model[0].in_channels == 2
 
 
 def count_passes(method) -> list[Tensor]:
@@ -223,7 +225,8 @@ def test_recursion_trains_through_both_passes_and_stops_per_item_when_consistent
 
 def test_adversarial_term_is_non_saturating_and_the_discriminator_learns(train) -> None:
     torch.manual_seed(0)
-    method = pixel_bridge(adversarial=0.5, discriminator={"name": "patchgan", "n_layers": 1, "width": 4})
+    method = pixel_bridge(adversarial=0.5, discriminator={"name": "timed_patchgan", "n_layers": 1, "width": 4,
+                                                          "time_dim": 8})
     gen = torch.Generator().manual_seed(0)
     batch = affine_batch(gen, 4)
     batch = {k: torch.nn.functional.interpolate(v, size=(12, 12)) for k, v in batch.items()}
@@ -290,7 +293,8 @@ def test_resume_is_exact_with_recursion_and_the_adversarial_term(phantom: Path, 
     from medtrans.engine.trainer import train
 
     raw = bridge_recipe(phantom, recursions=2, adversarial=0.1)
-    raw.update(deterministic=True, discriminator={"name": "patchgan", "args": {"n_layers": 1, "width": 4}})
+    raw.update(deterministic=True, discriminator={"name": "timed_patchgan",
+                                                  "args": {"n_layers": 1, "width": 4, "time_dim": 8}})
     raw["optim"].update(steps=4, ema=0.8)
     config = validate_config(raw)
     whole = train(config, run_dir=tmp_path / "whole")

@@ -22,6 +22,7 @@ The per-voxel std of several samples comes from the posterior noise (and SelfRDB
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,7 @@ from medtrans.methods.bridges import SAMPLING_STEPS, BridgeSchedule
 from medtrans.methods.losses import check_choice, gan_loss, reconstruction
 from medtrans.methods.schedules import Noise, broadcast
 from medtrans.nets import build_backbone, build_discriminator
-from medtrans.registry import METHODS
+from medtrans.registry import DISCRIMINATORS, METHODS
 
 PREDICTIONS = ("x0", "residual")
 
@@ -60,8 +61,8 @@ class Bridge(Method):
         recursions: R passes of self-consistent recursion (1 = off; SelfRDB uses 2).
         consistency: at sampling, stop the recursion once mean |Δx̂_0| falls below it.
         adversarial: weight of the non-saturating adversarial term (0 = off, no discriminator).
-        discriminator: ``{"name": "patchgan", **args}`` when ``adversarial`` > 0; it sees x_{t'}, x_t
-            and a constant channel holding t.
+        discriminator: when ``adversarial`` > 0, ``{"name": ..., **args}``, default ``timed_patchgan``
+            (D(cat(x_{t'}, x_t), t)); one without a time input (``patchgan``) gets t as a constant channel.
         beta_max, max_var, gamma: the I2SB, BBDM and SelfRDB schedule parameters.
         clip: x̂_0 is clipped to ±clip before each sampling step (data lie in [-1, 1]); null = off.
         betas: Adam betas of both groups when ``adversarial`` > 0 (SelfRDB's (0.5, 0.9)).
@@ -117,8 +118,12 @@ class Bridge(Method):
                                   time_conditioned=True)
         if self.adversarial > 0:
             self.groups = ("g", "d")
-            self.discriminator = build_discriminator(discriminator or {"name": "patchgan"}, spatial_dims,
-                                                     2 * out_channels + 1)
+            spec = {"name": discriminator} if isinstance(discriminator, str) else dict(discriminator or {})
+            spec.setdefault("name", "timed_patchgan")
+            # a discriminator without a time input (plain patchgan) gets t as a constant channel
+            self.timed = "t" in inspect.signature(DISCRIMINATORS.get(spec["name"]).forward).parameters
+            self.discriminator = build_discriminator(spec, spatial_dims,
+                                                     2 * out_channels + (0 if self.timed else 1))
         elif discriminator is not None:
             raise MedtransError(None, "a discriminator is configured but the bridge's adversarial term "
                                 "is off", "set method.args.adversarial (e.g. 0.1), or drop the "
@@ -198,8 +203,10 @@ class Bridge(Method):
                                              y[k: k + 1]) for k in range(x.shape[0])])
 
     def _judge(self, x_next: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        if self.timed:
+            return self.discriminator(torch.cat([x_next, x], dim=1), t)
         t_map = broadcast(t, x).expand_as(x[:, :1])
-        return self.discriminator(torch.cat([x_next, x, t_map], dim=1).to(x.dtype))
+        return self.discriminator(torch.cat([x_next, x, t_map], dim=1))
 
     def losses(self, batch: dict[str, Tensor], group: str, step: int = 0) -> dict[str, Tensor]:
         check_choice("optimiser group", group, self.groups)
