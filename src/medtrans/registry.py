@@ -75,6 +75,7 @@ METHODS = Registry("method", {
     "cyclegan": "medtrans.methods.cyclegan",
     "ddpm": "medtrans.methods.ddpm",
     "flow": "medtrans.methods.flow",
+    "bridge": "medtrans.methods.bridge",
     "nflow": "medtrans.methods.nflow",
     "syndiff": "medtrans.methods.syndiff",
     "cvae": "medtrans.methods.cvae",

@@ -21,9 +21,11 @@ TINY: dict[str, dict] = {
     "unit": {"backbone": {"name": "resnet", "width": 4, "n_blocks": 2, "n_down": 1}},
     "syndiff": {"discriminator": {"name": "timed_patchgan", "width": 4, "n_layers": 1, "time_dim": 16},
                 "nz": 8},
+    "bridge": {"adversarial": 0.1, "recursions": 2,  # every option that adds a network or a pass
+               "discriminator": {"name": "timed_patchgan", "width": 4, "n_layers": 1, "time_dim": 16}},
 }
 #: sampling steps to ask for (a method that samples only along its training chain needs its own)
-STEPS: dict[str, int] = {"syndiff": 4}
+STEPS: dict[str, int] = {"syndiff": 4, "bridge": 10}  # selfrdb samples only with its 10
 BACKBONE = {"name": "unet", "width": 4, "depth": 2}
 DISCRIMINATOR = {"name": "patchgan", "width": 4, "n_layers": 1}
 
