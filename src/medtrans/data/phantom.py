@@ -102,9 +102,14 @@ class PhantomSpec:
     size: tuple[int, int, int] = (128, 128, 96)
     modalities: tuple[str, ...] = MODALITIES
     seed: int = 0
+    #: voxel size in mm; None: the largest that fits the anatomy's FOV in ``size``. Given, the grid is a
+    #: block of the FOV around its centre (e.g. a slab of axial slices at full resolution, cheaper)
+    voxel_mm: float | None = None
 
     @property
     def spacing(self) -> float:
+        if self.voxel_mm is not None:
+            return float(self.voxel_mm)
         fov = FOV[self.anatomy]
         if self.size[2] == 1:
             return max(fov[0] / self.size[0], fov[1] / self.size[1])
@@ -614,7 +619,8 @@ def dataset_description(spec: PhantomSpec, dims: int, subjects: dict[str, Any]) 
         "sequences_ms": SEQUENCES,
         "gadolinium_r1_per_ms_per_mM": GD_RELAXIVITY,
         "scanner_ranges": {k: list(v) for k, v in SCANNER.items()},
-        "field_of_view_mm": list(FOV[spec.anatomy]),
+        "field_of_view_mm": [round(n * spec.spacing, 6) for n in spec.size] if spec.voxel_mm
+        else list(FOV[spec.anatomy]),
         "subjects": subjects,
     }
 
