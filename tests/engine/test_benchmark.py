@@ -11,66 +11,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
 from medtrans.cli import _register, app
-from medtrans.data.phantom import PhantomSpec, write_phantom
 from medtrans.engine.leaderboard import pareto_front
 from medtrans.metrics.stats import bootstrap_ci, holm
 
 _register()
 
-TINY = {"backbone": {"name": "unet", "args": {"depth": 2, "width": 4}}}
 QUALITY = ("mae", "rmse", "nmse", "ncc", "psnr", "ssim")
 LOWER = ("mae", "rmse", "nmse")
-
-
-def write_spec(folder: Path, root: Path, entries: list[dict[str, Any]], steps: int) -> Path:
-    spec = {"name": "tiny", "device": "cpu",
-            "data": {"root": str(root), "sources": ["t1"], "target": "t2", "dims": "2d",
-                     "splits": {"train": 0.34, "val": 0.16, "test": 0.5}},  # 6 subjects: 2 / 1 / 3
-            "entries": entries, "budget": {"steps": steps, "batch_size": 4},
-            "inference": {"samples": 2, "steps": 2}}
-    path = folder / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def entry(name: str, recipe: str, *sets: str) -> dict[str, Any]:
-    return {"name": name, "recipe": recipe, **TINY, "set": ["validation.max_slices=2", *sets]}
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:  # the entries' child processes inherit it
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield
-
-
-@pytest.fixture(scope="module")
-def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 brains of 32×32×12 (T1, T2): 12 slices leave room for the 3D SSIM's 11-voxel window."""
-    spec = PhantomSpec(anatomy="brain", size=(32, 32, 12), modalities=("t1", "t2"), seed=3)
-    return write_phantom(tmp_path_factory.mktemp("bench_phantom"), spec, subjects=6)
-
-
-@pytest.fixture(scope="module")
-def two_entries(bench_root: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
-    """regression and flow, 2 steps each, benchmarked by ``medtrans benchmark``."""
-    folder = tmp_path_factory.mktemp("bench")
-    spec = write_spec(folder, bench_root, [entry("regression", "phantom_t1_t2_regression.yaml"),
-                                           entry("flow", "phantom_t1_t2_flow.yaml")], steps=2)
-    result = CliRunner().invoke(app, ["benchmark", str(spec), "-o", str(folder / "out")])
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return folder / "out"
 
 
 def read_rows(path: Path) -> dict[str, dict[str, str]]:
@@ -147,14 +104,14 @@ def _fingerprint(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def killed_and_rerun(bench_root: Path, tmp_path_factory: pytest.TempPathFactory,
-                     one_thread: None) -> dict[str, Any]:
+def killed_and_rerun(bench_root: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None,
+                     benchmark_spec: Callable[..., Path]) -> dict[str, Any]:
     """regression, a broken entry and flow; SIGKILL while flow trains, then the same command again."""
     folder = tmp_path_factory.mktemp("killed")
-    spec = write_spec(folder, bench_root, [
-        entry("regression", "phantom_t1_t2_regression.yaml"),
-        entry("broken", "phantom_t1_t2_regression.yaml", "method.args.no_such_argument=1"),
-        entry("flow", "phantom_t1_t2_flow.yaml", "checkpoint.every=2")], steps=10)
+    spec = benchmark_spec(folder, bench_root, [
+        ("regression", "phantom_t1_t2_regression.yaml"),
+        ("broken", "phantom_t1_t2_regression.yaml", "method.args.no_such_argument=1"),
+        ("flow", "phantom_t1_t2_flow.yaml", "checkpoint.every=2")], steps=10)
     out = folder / "out"
     command = [sys.executable, "-c", "from medtrans.cli import main; main()", "benchmark", str(spec),
                "-o", str(out)]

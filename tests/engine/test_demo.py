@@ -60,7 +60,7 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert (out / "evaluation" / model / "per_subject.csv").is_file()
     table = result.output
     for model in ("regression", "pix2pix", "flow", *BASELINES):
-        assert re.search(rf"{re.escape(model)}\s*│\s*[\d.]+\s*│\s*[\d.]+", table), table
+        assert re.search(rf"{re.escape(model)}\s*│\s*-?[\d.]+\s*│\s*-?[\d.]+", table), table
     assert f"report {out / 'report.html'}" in re.sub(r" +", " ", table)
 
 
