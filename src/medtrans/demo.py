@@ -56,7 +56,7 @@ class DemoSize:
 #: ≤ 5 minutes on 2 CPU cores (measured in docs/PREDICT.md): 12 heads, 96×112 in-plane at 2 mm (the whole
 #: head), 24 axial slices (48 mm through the ventricles)
 FULL = DemoSize(anatomy="mni", subjects=12, size=(96, 112, 24), voxel_mm=2.0,
-                steps={"regression": 500, "pix2pix": 500, "flow": 600}, batch_size=8, validate_every=250,
+                steps={"regression": 400, "pix2pix": 400, "flow": 500}, batch_size=4, validate_every=200,
                 samples=8)
 #: the test suite's variant: same path, tiny everything; the procedural brain (the template maps take
 #: seconds to load per process), 12 slices: room for the 3D SSIM window

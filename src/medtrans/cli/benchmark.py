@@ -16,7 +16,8 @@ def benchmark(
     spec: Path = typer.Argument(..., help="Benchmark SPEC (YAML): data, entries (or all), budget, seeds, "
                                 "inference, preset; see configs/benchmark_phantom.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (runs/, entries/, leaderboard.csv/"
-                             ".json, report.html). Re-running it skips finished entries, resumes the others."),
+                             ".json, report.html). Re-running it skips finished entries, resumes the "
+                             "others."),
 ) -> None:
     """Train, translate and evaluate every entry with the same data, split, budget and code; rank them.
 

@@ -218,20 +218,17 @@ CLOCK_FILE = "train_clock.json"
 
 
 class _TrainClock:
-    """Saves an entry's training seconds every ``every`` s, so a minutes budget spans resumed sessions,
-    and ends this child process within ``watch`` s of the harness that started it being killed: an orphan
-    would go on training into the run folder that the re-run resumes from."""
+    """Saves an entry's training seconds every ``every`` s, so a minutes budget spans resumed sessions."""
 
-    def __init__(self, run: Path, every: float = 2.0, watch: float = 0.2) -> None:
+    def __init__(self, run: Path, every: float = 2.0) -> None:
         import threading
 
         self.path = run / CLOCK_FILE
         self.before = float(json.loads(self.path.read_text())["seconds"]) if self.path.is_file() else 0.0
-        self.every, self.watch = every, watch
-        self.parent = os.getppid()
+        self.every = every
         self.start = time.perf_counter()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread = threading.Thread(target=self._tick, daemon=True)
 
     @property
     def session(self) -> float:
@@ -241,14 +238,9 @@ class _TrainClock:
         if self.path.parent.is_dir():
             write_json(self.path, {"seconds": self.before + self.session})
 
-    def _watch(self) -> None:
-        saved = time.perf_counter()
-        while not self._stop.wait(self.watch):
-            if os.getppid() != self.parent:
-                os._exit(1)
-            if time.perf_counter() - saved >= self.every:
-                self.save()
-                saved = time.perf_counter()
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.save()
 
     def __enter__(self) -> _TrainClock:
         self.start = time.perf_counter()
@@ -259,6 +251,22 @@ class _TrainClock:
         self._stop.set()
         self._thread.join()
         self.save()
+
+
+def _exit_with_parent(every: float = 0.2) -> None:
+    """End this child within ``every`` s of the harness that started it being killed: an orphan would go
+    on training into (or predicting from) the run folder that the re-run resumes."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _resumable_state(run: Path) -> dict[str, Any] | None:
@@ -439,6 +447,7 @@ def _run_child(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child_main(job_file: str, result_file: str) -> None:
+    _exit_with_parent()
     job = json.loads(Path(job_file).read_text())
     write_json(result_file, run_entry(job))
 
