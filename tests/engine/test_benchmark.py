@@ -111,7 +111,7 @@ def killed_and_rerun(bench_root: Path, tmp_path_factory: pytest.TempPathFactory,
     spec = benchmark_spec(folder, bench_root, [
         ("regression", "phantom_t1_t2_regression.yaml"),
         ("broken", "phantom_t1_t2_regression.yaml", "method.args.no_such_argument=1"),
-        ("flow", "phantom_t1_t2_flow.yaml", "checkpoint.every=2")], steps=10)
+        ("flow", "phantom_t1_t2_flow.yaml", "checkpoint.every=2")], steps=30)
     out = folder / "out"
     command = [sys.executable, "-c", "from medtrans.cli import main; main()", "benchmark", str(spec),
                "-o", str(out)]
@@ -145,8 +145,8 @@ def test_a_killed_benchmark_resumes_without_retraining_finished_entries(
     assert _fingerprint(out / "runs" / "regression" / "checkpoints") == before["regression"]
     assert (out / "entries" / "regression.json").read_bytes() == before["regression.json"]
     flow = json.loads((out / "entries" / "flow.json").read_text())
-    assert flow["status"] == "done" and flow["train_steps"] == 10
-    assert 2 <= killed_and_rerun["killed_at"] < 10  # it was killed between two checkpoints
+    assert flow["status"] == "done" and flow["train_steps"] == 30
+    assert 2 <= killed_and_rerun["killed_at"] < 30  # it was killed between two checkpoints
     assert flow["resumed_from_step"] == killed_and_rerun["killed_at"]
     harness = json.loads((out / "harness.json").read_text())
     assert harness["entries_run"] == ["broken", "flow"]

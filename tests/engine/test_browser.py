@@ -1,8 +1,9 @@
 """The HTML reports in a real browser (headless Chromium, Debian's ``chromium``; ``.ci/run`` installs it).
 
-No extra Python dependency: Chromium loads a copy of the page with a self-check script put first in its
-``<head>`` (so it sees every error the page raises), which, once the page has loaded, decodes every
-image of every slice, moves each slice slider one step and writes what it found into the DOM; the test
+No extra Python dependency: Chromium loads a copy of the page with a self-check script put first in
+its ``<head>`` (so it sees every error the page raises). The script adds every slice behind the
+sliders as a hidden image (the load event waits for them), and once the page has loaded checks that
+every image decoded, moves each slice slider one step and writes what it found into the DOM; the test
 reads it back with ``--dump-dom``. A screenshot of the real page is kept as a test artefact (under the
 test's tmp dir, and copied to ``$MEDTRANS_ARTEFACTS`` when set).
 """
@@ -40,18 +41,24 @@ SELF_CHECK = """<script>
     const original = console[level];
     console[level] = (...args) => { note(level + ': ' + args.join(' ')); original.apply(console, args); };
   }
-  const decode = uri => {
-    const im = new Image();
-    im.src = uri;
-    return im.decode().then(() => im.naturalWidth, () => 0);
-  };
-  addEventListener('load', async () => {
-    const shown = Array.from(document.images);
-    const all = shown.map(i => i.src);
+  // every slice behind the sliders as a hidden <img> before 'load': the load event then waits for them
+  const slices = [];
+  addEventListener('DOMContentLoaded', () => {
+    const hidden = document.createElement('div');
+    hidden.style.display = 'none';
     for (const data of document.querySelectorAll('script[type="application/json"]')) {
-      all.push(...JSON.parse(data.textContent).flat());
+      for (const uri of JSON.parse(data.textContent).flat()) {
+        const im = new Image();
+        im.src = uri;
+        hidden.appendChild(im);
+        slices.push(im);
+      }
     }
-    const widths = await Promise.all(all.map(decode));
+    document.body.appendChild(hidden);
+  });
+  addEventListener('load', () => {
+    const shown = Array.from(document.images).filter(i => !slices.includes(i));
+    const decoded = slices.filter(i => i.complete && i.naturalWidth > 0).length;
     const sliders = Array.from(document.querySelectorAll('input[type=range]')).map(slider => {
       const images = Array.from(slider.closest('section').querySelectorAll('img'));
       const before = images.map(i => i.src);
@@ -64,7 +71,7 @@ SELF_CHECK = """<script>
     out.id = 'medtrans-selfcheck';
     out.textContent = JSON.stringify({
       shown: shown.length, shown_decoded: shown.filter(i => i.complete && i.naturalWidth > 0).length,
-      decoded: widths.filter(w => w > 0).length, total: all.length, sliders, problems});
+      decoded, total: slices.length, sliders, problems});
     document.body.appendChild(out);
   });
 })();
