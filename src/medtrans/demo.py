@@ -31,7 +31,7 @@ BRAIN_LABELS = tuple(LABELS.index(name) for name in ("csf", "gm", "wm", "lesion"
 #: 10 Euler steps and 8 samples (mean + std map)
 RECIPES = {"regression": ("phantom_t1_t2_regression.yaml", []),
            "pix2pix": ("phantom_t1_t2_pix2pix.yaml", ["optim.lr=1e-3"]),
-           "flow": ("phantom_t1_t2_flow.yaml", ["optim.warmup=0"])}
+           "flow": ("phantom_t1_t2_flow.yaml", [])}
 #: models that draw samples: the report shows their std map
 SAMPLED = ("flow",)
 MARKER = ".medtrans-demo"
