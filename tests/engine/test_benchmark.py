@@ -168,6 +168,24 @@ def test_a_failing_entry_is_recorded_and_the_others_finish(killed_and_rerun: dic
     assert "no_such_argument" in (out / "report.html").read_text()
 
 
+def test_the_phantom_spec_has_an_entry_for_every_method_and_refuses_unequal_terms(tmp_path: Path) -> None:
+    from medtrans.engine.benchmark import load_spec
+    from medtrans.errors import MedtransError
+    from medtrans.registry import METHODS
+
+    spec_path = Path(__file__).resolve().parents[2] / "configs" / "benchmark_phantom.yaml"
+    spec, entries = load_spec(spec_path)
+    standalone = [m for m in METHODS.names() if getattr(METHODS.get(m), "standalone", True)]
+    assert [e.name for e in entries] == standalone and all(e.recipe.is_file() for e in entries)
+    assert spec.budget.minutes is not None and spec.inference.samples >= 2
+    unfair = tmp_path / "unfair.yaml"
+    unfair.write_text(spec_path.read_text().replace(
+        "entries: [all]", "entries: [{name: long, recipe: phantom_t1_t2_regression.yaml, "
+        "set: [optim.steps=99999]}]"))
+    with pytest.raises(MedtransError, match="entry long sets optim.steps"):
+        load_spec(unfair)
+
+
 def test_holm_against_a_hand_computed_example() -> None:
     # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → 0.06 (monotone)
     assert holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
