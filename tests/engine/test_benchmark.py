@@ -64,7 +64,8 @@ def test_leaderboard_statistics_match_scipy_on_the_entries_csvs(two_entries: Pat
     single = per_subject(two_entries / "runs" / "flow", "eval_single")
     assert float(rows["flow"]["psnr_1"]) == pytest.approx(np.mean([single[s]["psnr"] for s in subjects]))
     assert rows["regression"]["psnr_1"] == "" and rows["regression"]["samples"] == "1"
-    assert rows["flow"]["samples"] == "2" and rows["flow"]["evaluations_per_voxel"] == "4"
+    assert rows["flow"]["samples"] == "2" and rows["flow"]["steps"] == "2"
+    assert rows["flow"]["evaluations_per_voxel"] == "4"  # 2 samples × 2 Euler steps
     assert float(rows["flow"]["std_ratio"]) > 0 and rows["regression"]["std_ratio"] == ""
     psnr = [float(rows[e]["psnr"]) for e in rows]
     assert list(rows) == [e for _, e in sorted(zip(psnr, rows, strict=True), reverse=True)]  # ranked

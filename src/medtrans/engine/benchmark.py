@@ -343,9 +343,10 @@ def _predict_and_evaluate(job: dict[str, Any], run: Path) -> dict[str, Any]:
         predicted = time.perf_counter()
         result = evaluate(folder, job["root"], mask=job["mask"], preset=job["preset"])
         result.write(run / ("eval" if variant == "mean" else "eval_single"))
+        steps = method.resolve_steps(predictor.sampling.steps)  # None: the method's default, named
         record[variant] = {"samples": samples, "s_per_volume": (predicted - start) / len(subjects),
-                           "evaluations_per_voxel": method.evaluations(predictor.sampling.steps) * samples,
-                           "steps": predictor.sampling.steps, "per_subject": result.per_subject,
+                           "evaluations_per_voxel": method.evaluations(steps) * samples,
+                           "steps": steps, "per_subject": result.per_subject,
                            "predict_seconds": predicted - start,
                            "evaluate_seconds": time.perf_counter() - predicted}
     return record
