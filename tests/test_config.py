@@ -12,7 +12,7 @@ from medtrans.engine.run import build_method
 from medtrans.errors import MedtransError
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.stem.startswith("benchmark_"))
 
 BASE = {
     "data": {"root": "data/phantom", "sources": ["t1"], "target": "t2"},

@@ -53,11 +53,14 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
         pred, source = load(out / "predictions" / "pix2pix" / name), load(out / "data" / sid / "t1.nii.gz")
         assert pred.shape == source.shape and np.array_equal(pred.affine, source.affine)
         assert pred.meta["synthetic"].startswith("SYNTHETIC")
-    for model in ("regression", "pix2pix", "baseline-minmax", "baseline-linfit"):
+        std = load(out / "predictions" / "flow" / f"{sid}_t2_std.nii.gz")  # flow's samples spread
+        assert std.shape == source.shape and float(std.array.max()) > 0 and float(std.array.min()) >= 0
+    assert html.count("<figcaption>std · flow") == len(subjects)
+    for model in ("regression", "pix2pix", "flow", "baseline-minmax", "baseline-linfit"):
         assert (out / "evaluation" / model / "per_subject.csv").is_file()
     table = result.output
-    for model in ("regression", "pix2pix", *BASELINES):
-        assert re.search(rf"{re.escape(model)}\s*│\s*[\d.]+\s*│\s*[\d.]+", table), table
+    for model in ("regression", "pix2pix", "flow", *BASELINES):
+        assert re.search(rf"{re.escape(model)}\s*│\s*-?[\d.]+\s*│\s*-?[\d.]+", table), table
     assert f"report {out / 'report.html'}" in re.sub(r" +", " ", table)
 
 

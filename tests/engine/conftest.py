@@ -7,11 +7,13 @@ validated Config for these data (``make_config(root, **{"optim.steps": 3})``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from medtrans.config import Config, validate_config
 from medtrans.data.phantom import PhantomSpec, write_phantom
@@ -70,3 +72,53 @@ def tiny_run(phantom_root: Path, make_config: Callable[..., Config],
 
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     return train(make_config(phantom_root), run_dir=run_dir)
+
+
+# ------------------------------------------------------------------ benchmark (tests of it and of the page)
+TINY = {"backbone": {"name": "unet", "args": {"depth": 2, "width": 4}}}
+
+
+def write_spec(folder: Path, root: Path, entries: list[tuple[str, ...]], steps: int) -> Path:
+    """A benchmark SPEC on ``root``; each entry ``(name, recipe, *--set lines)`` with a tiny U-Net."""
+    spec = {"name": "tiny", "device": "cpu",
+            "data": {"root": str(root), "sources": ["t1"], "target": "t2", "dims": "2d",
+                     "splits": {"train": 0.34, "val": 0.16, "test": 0.5}},  # 6 subjects: 2 / 1 / 3
+            "entries": [{"name": name, "recipe": recipe, **TINY, "set": ["validation.max_slices=2", *sets]}
+                        for name, recipe, *sets in entries],
+            "budget": {"steps": steps, "batch_size": 4}, "inference": {"samples": 2, "steps": 2}}
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="session")
+def benchmark_spec() -> Callable[..., Path]:
+    return write_spec
+
+
+@pytest.fixture(scope="session")
+def one_thread() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:  # benchmark entries' child processes inherit it
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="session")
+def bench_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 brains of 32×32×12 (T1, T2): 12 slices leave room for the 3D SSIM's 11-voxel window."""
+    spec = PhantomSpec(anatomy="brain", size=(32, 32, 12), modalities=("t1", "t2"), seed=3)
+    return write_phantom(tmp_path_factory.mktemp("bench_phantom"), spec, subjects=6)
+
+
+@pytest.fixture(scope="session")
+def two_entries(bench_root: Path, tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
+    """regression and flow, 2 steps each, benchmarked by ``medtrans benchmark``."""
+    folder = tmp_path_factory.mktemp("bench")
+    spec = write_spec(folder, bench_root, [("regression", "phantom_t1_t2_regression.yaml"),
+                                           ("flow", "phantom_t1_t2_flow.yaml")], steps=2)
+    from medtrans.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["benchmark", str(spec), "-o", str(folder / "out")])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return folder / "out"

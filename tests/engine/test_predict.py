@@ -155,7 +155,9 @@ def test_real_cli_phantom_train_predict_evaluate_report(tmp_path: Path, make_con
     html = (tmp_path / "report.html").read_text()
     for s in test:
         assert f"<h2>{s}</h2>" in html
-    assert len(re.findall(r'<img id="img-0-\d+"', html)) == 4  # source | synthetic | target | error
+    # source | synthetic | target | error | std (the TTA passes' spread, written beside the prediction)
+    assert len(re.findall(r'<img id="img-0-\d+"', html)) == 5
+    assert 'std · ' in html
     assert "<td>run</td>" in html  # the model is named after the run holding eval/
 
 

@@ -21,7 +21,22 @@ def _volume(array: np.ndarray, affine: np.ndarray | None = None) -> Volume:
 
 
 def _decode(uri: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    """The pixels a browser shows (a palette image as its RGB colours)."""
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    return np.asarray(image.convert("RGB") if image.mode == "P" else image)
+
+
+def test_colour_mapped_slices_are_palette_pngs_with_matplotlibs_colours() -> None:
+    from matplotlib import colormaps
+
+    volume = np.zeros((4, 3, 2), np.float32)
+    volume[:, :, 1] = np.arange(12).reshape(4, 3)
+    image = Image.open(io.BytesIO(base64.b64decode(
+        encode_slices(volume, [1], (0.0, 11.0), colormap="magma")[0].split(",", 1)[1])))
+    assert image.mode == "P"  # one byte per pixel
+    levels = np.round(volume[:, :, 1].T[::-1, ::-1] / 11.0 * 255).astype(int)
+    expected = (colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)[levels]
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
 
 
 def test_to_display_brings_lps_to_ras() -> None:

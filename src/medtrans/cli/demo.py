@@ -17,7 +17,8 @@ def demo(
                              "evaluation and report.html: new, empty, or a previous demo (replaced)."),
     quick: bool = typer.Option(False, "--quick", help="A much smaller variant (about a minute) for tests."),
 ) -> None:
-    """Simulate brains, train regression and pix2pix for T1→T2, translate, evaluate, write an HTML report.
+    """Simulate heads (MNI anatomy, 2 mm), train regression, pix2pix and flow for T1→T2, translate,
+    evaluate, write an HTML report (with flow's std map).
 
     Example: medtrans demo --out /tmp/medtrans-demo
     """

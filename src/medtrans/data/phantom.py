@@ -104,9 +104,14 @@ class PhantomSpec:
     seed: int = 0
     #: (mm, degrees): each modality after the first is moved by a random rigid transform up to this size
     misalign: tuple[float, float] = (0.0, 0.0)
+    #: voxel size in mm; None: the largest that fits the anatomy's FOV in ``size``. Given, the grid is a
+    #: block of the FOV around its centre (e.g. a slab of axial slices at full resolution, cheaper)
+    voxel_mm: float | None = None
 
     @property
     def spacing(self) -> float:
+        if self.voxel_mm is not None:
+            return float(self.voxel_mm)
         fov = FOV[self.anatomy]
         if self.size[2] == 1:
             return max(fov[0] / self.size[0], fov[1] / self.size[1])
@@ -686,7 +691,8 @@ def dataset_description(spec: PhantomSpec, dims: int, subjects: dict[str, Any]) 
         "sequences_ms": SEQUENCES,
         "gadolinium_r1_per_ms_per_mM": GD_RELAXIVITY,
         "scanner_ranges": {k: list(v) for k, v in SCANNER.items()},
-        "field_of_view_mm": list(FOV[spec.anatomy]),
+        "field_of_view_mm": [round(n * spec.spacing, 6) for n in spec.size] if spec.voxel_mm
+        else list(FOV[spec.anatomy]),
         "subjects": subjects,
     }
 

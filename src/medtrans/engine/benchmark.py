@@ -109,11 +109,30 @@ def load_spec(path: str | os.PathLike) -> tuple[BenchmarkSpec, list[EntrySpec]]:
             entries.extend(expand_all(base))
         else:
             entries.append(entry.model_copy(update={"recipe": _find_recipe(entry.recipe, base)}))
+    for entry in entries:
+        fixed = [key for key in _set_keys(entry) if _fixed_by_spec(key, spec)]
+        if fixed:
+            raise MedtransError(path, f"entry {entry.name} sets {', '.join(fixed)}, which the benchmark "
+                                "fixes for every entry (data, split, budget, seed, inference)",
+                                "change it in the spec's data/budget/seeds/inference, not in one entry")
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise MedtransError(path, f"entry name(s) {', '.join(dup)} given twice", "name each entry once")
     return spec, entries
+
+
+#: config keys the harness sets for every entry: an entry changing one would not compete on equal terms
+FIXED_KEYS = ("data", "seed", "name", "device", "inference", "optim.steps", "optim.epochs")
+
+
+def _set_keys(entry: EntrySpec) -> list[str]:
+    return [line.split("=", 1)[0].strip() for line in entry.set]
+
+
+def _fixed_by_spec(key: str, spec: BenchmarkSpec) -> bool:
+    fixed = FIXED_KEYS + (("optim.batch_size",) if spec.budget.batch_size is not None else ())
+    return any(key == k or key.startswith(k + ".") for k in fixed)
 
 
 def _recipe_dirs(base: Path) -> list[Path]:
@@ -194,6 +213,73 @@ def _run_state(run: Path) -> dict[str, Any] | None:
     return json.loads(state.read_text()) if state.is_file() else None
 
 
+#: seconds trained by earlier sessions of an entry (kept while training, so a killed session counts)
+CLOCK_FILE = "train_clock.json"
+
+
+class _TrainClock:
+    """Saves an entry's training seconds every ``every`` s, so a minutes budget spans resumed sessions."""
+
+    def __init__(self, run: Path, every: float = 2.0) -> None:
+        import threading
+
+        self.path = run / CLOCK_FILE
+        self.before = float(json.loads(self.path.read_text())["seconds"]) if self.path.is_file() else 0.0
+        self.every = every
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    @property
+    def session(self) -> float:
+        return time.perf_counter() - self.start
+
+    def save(self) -> None:
+        if self.path.parent.is_dir():
+            write_json(self.path, {"seconds": self.before + self.session})
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            self.save()
+
+    def __enter__(self) -> _TrainClock:
+        self.start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.save()
+
+
+def _exit_with_parent(every: float = 0.2) -> None:
+    """End this child within ``every`` s of the harness that started it being killed: an orphan would go
+    on training into (or predicting from) the run folder that the re-run resumes."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _resumable_state(run: Path) -> dict[str, Any] | None:
+    """The run's last checkpoint state; a folder left by an attempt killed before its first checkpoint
+    holds nothing to resume and is cleared so training can start there."""
+    state = _run_state(run)
+    if state is None and run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    return state
+
+
 def run_entry(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume), predict and evaluate one entry × seed; the child process's whole job."""
     import resource
@@ -204,25 +290,32 @@ def run_entry(job: dict[str, Any]) -> dict[str, Any]:
     from medtrans.engine.trainer import train
 
     run = Path(job["run"])
-    record: dict[str, Any] = {}
     config = load_config(job["recipe"], job["sets"])
-    state = _run_state(run)
-    done = state is not None and (state["step"] >= state["total_steps"] or
-                                  (run / "finished.json").is_file())
-    if not done:
-        start = time.perf_counter()
-        before = 0 if state is None else state["step"]
-        train(config, run_dir=run if state is None else None, resume=run if state is not None else None,
-              time_limit=None if job["minutes"] is None else job["minutes"] * 60)
-        state = _run_state(run)
-        seconds = time.perf_counter() - start
-        write_json(run / "finished.json", {"steps": state["step"], "train_seconds": seconds,
-                                           "steps_this_session": state["step"] - before})
+    state = _resumable_state(run)
+    record: dict[str, Any] = {"train_seconds_session": 0.0}
+    if not (run / "finished.json").is_file():
+        clock = _TrainClock(run)
+        spent = clock.before
+        left = None if job["minutes"] is None else job["minutes"] * 60 - spent
+        spent_budget = left is not None and left <= 0
+        trained = state is not None and (state["step"] >= state["total_steps"] or spent_budget)
+        if not trained:
+            with clock:
+                train(config, run_dir=run if state is None else None,
+                      resume=run if state is not None else None, time_limit=left)
+            record["train_seconds_session"] = clock.session
+            spent += clock.session
+        write_json(run / "finished.json", {"steps": _run_state(run)["step"], "train_seconds": spent,
+                                           "resumed_from_step": None if state is None else state["step"]})
     finished = json.loads((run / "finished.json").read_text())
     record.update(train_steps=finished["steps"], train_seconds=finished["train_seconds"],
-                  train_s_per_step=finished["train_seconds"] / max(1, finished["steps_this_session"]))
+                  train_s_per_step=finished["train_seconds"] / max(1, finished["steps"]),
+                  resumed_from_step=finished["resumed_from_step"])
     if job["evaluate"]:
         record.update(_predict_and_evaluate(job, run))
+    record["work_seconds"] = record["train_seconds_session"] + sum(
+        record[v]["predict_seconds"] + record[v]["evaluate_seconds"]
+        for v in ("mean", "single") if v in record)
     record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         record["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -236,7 +329,8 @@ def _predict_and_evaluate(job: dict[str, Any], run: Path) -> dict[str, Any]:
 
     method, _, _ = load_trained(run, which="last")
     record: dict[str, Any] = {"parameters": sum(p.numel() for p in method.parameters())}
-    variants = {"mean": job["samples"]}
+    # a one-pass method gives the same volume every time: one pass, not a mean of identical samples
+    variants = {"mean": job["samples"] if method.stochastic else 1}
     if method.stochastic and job["samples"] > 1:
         variants["single"] = 1
     subjects = [Path(job["root"]) / s for s in job["test"]]
@@ -246,24 +340,28 @@ def _predict_and_evaluate(job: dict[str, Any], run: Path) -> dict[str, Any]:
         folder = run / f"pred_{variant}"
         start = time.perf_counter()
         predictor.predict_paths(subjects, folder)
-        seconds = time.perf_counter() - start
+        predicted = time.perf_counter()
         result = evaluate(folder, job["root"], mask=job["mask"], preset=job["preset"])
         result.write(run / ("eval" if variant == "mean" else "eval_single"))
-        record[variant] = {"samples": samples, "s_per_volume": seconds / len(subjects),
-                           "evaluations_per_voxel": method.evaluations(predictor.sampling.steps) * samples,
-                           "steps": predictor.sampling.steps, "per_subject": result.per_subject}
+        steps = method.resolve_steps(predictor.sampling.steps)  # None: the method's default, named
+        record[variant] = {"samples": samples, "s_per_volume": (predicted - start) / len(subjects),
+                           "evaluations_per_voxel": method.evaluations(steps) * samples,
+                           "steps": steps, "per_subject": result.per_subject,
+                           "predict_seconds": predicted - start,
+                           "evaluate_seconds": time.perf_counter() - predicted}
     return record
 
 
 def run_benchmark(spec_path: str | os.PathLike, out: str | os.PathLike,
                   progress: Any = None) -> dict[str, Any]:
     """Run every entry × seed not yet done; returns ``{entry_key: record}`` (also written per entry)."""
+    harness_start = time.perf_counter()
     spec, entries = load_spec(spec_path)
     out = Path(out).resolve()
     (out / "entries").mkdir(parents=True, exist_ok=True)
     splits = write_split(spec, out)
-    harness_start = time.perf_counter()
     records: dict[str, Any] = {}
+    ran: list[str] = []  # entries run by this call (the others were done before)
     for entry in entries:
         for seed in spec.seeds:
             key = entry.name if len(spec.seeds) == 1 else f"{entry.name}-s{seed}"
@@ -285,11 +383,19 @@ def run_benchmark(spec_path: str | os.PathLike, out: str | os.PathLike,
                           wall_seconds=time.perf_counter() - start)
             write_json(path, record)
             records[key] = record
-    harness = {"wall_seconds": time.perf_counter() - harness_start, "spec": str(Path(spec_path).resolve()),
-               "primary": spec.primary, "preset": spec.preset, "inference": spec.inference.model_dump(),
-               "entries_seconds": sum(r.get("wall_seconds", 0.0) for r in records.values())}
-    write_json(out / "harness.json", harness)
+            ran.append(key)
     _write_results(spec, out, records)
+    wall = time.perf_counter() - harness_start
+    work = sum(records[k].get("work_seconds", 0.0) for k in ran)
+    write_json(out / "harness.json", {
+        "spec": str(Path(spec_path).resolve()), "primary": spec.primary, "preset": spec.preset,
+        "inference": spec.inference.model_dump(), "entries_run": ran,
+        # this call, start to end (spec, split, children, leaderboard and page)
+        "wall_seconds": wall,
+        # the children's wall time: work + process start, imports, building models
+        "entries_seconds": sum(records[k].get("wall_seconds", 0.0) for k in ran),
+        # train + predict + evaluate, timed inside the children
+        "work_seconds": work, "overhead": wall / work - 1 if work > 0 else None})
     return records
 
 
@@ -306,7 +412,7 @@ def conventions(spec: BenchmarkSpec) -> list[str]:
         f"the same subject-level split (splits.json) with the same budget ({budget}), seeds {spec.seeds}.",
         f"Preset {preset.name}: {preset.summary}. Mask: {mask}. Units: the target's (HU for CT).",
         f"Stochastic methods: the N-mean columns are the mean of {spec.inference.samples} samples per voxel "
-        "(seed {spec.inference.seed}); '1 sample' is one draw. One-pass methods have one variant.",
+        f"(seed {spec.inference.seed}); '1 sample' is one draw. One-pass methods have one variant.",
         "Statistics over test subjects: means with 95% percentile-bootstrap CIs; p: two-sided paired "
         "Wilcoxon signed-rank against the best entry of that metric, Holm-corrected across entries.",
         "Costs: parameters of every network of the method; train s/step: wall time of training / steps; "
@@ -342,6 +448,7 @@ def _run_child(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child_main(job_file: str, result_file: str) -> None:
+    _exit_with_parent()
     job = json.loads(Path(job_file).read_text())
     write_json(result_file, run_entry(job))
 

@@ -41,9 +41,10 @@ def leaderboard(records: dict[str, dict[str, Any]], primary: str = "psnr",
     if not scored:
         return {"rows": [_cost_row(k, r) for k, r in records.items()], "metrics": [], "best": {}}
     subjects = sorted(set.intersection(*(set(r["mean"]["per_subject"]) for r in scored.values())))
-    metrics = sorted(set.intersection(*(set(next(iter(r["mean"]["per_subject"].values())))
-                                        for r in scored.values())))
-    quality = [m for m in metrics if m not in CALIBRATION]
+    columns = {k: set(next(iter(r["mean"]["per_subject"].values()))) for k, r in scored.items()}
+    # quality metrics every entry has; calibration only exists where there is a std map
+    quality = sorted(m for m in set.intersection(*columns.values()) if m not in CALIBRATION)
+    metrics = quality + [m for m in CALIBRATION if any(m in c for c in columns.values())]
     best: dict[str, str] = {}
     tests: dict[str, dict[str, dict[str, Any]]] = {}
     for metric in quality:
@@ -63,7 +64,7 @@ def leaderboard(records: dict[str, dict[str, Any]], primary: str = "psnr",
                 if variant not in record:
                     continue
                 for metric in metrics:
-                    if metric in CALIBRATION and variant == "single":
+                    if metric in CALIBRATION and (variant == "single" or metric not in columns[key]):
                         continue
                     stats = summarise(_values(record, variant, metric, subjects), seed=seed)
                     prefix = f"{metric}" if variant == "mean" else f"{metric}_1"

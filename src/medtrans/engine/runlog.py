@@ -33,6 +33,7 @@ class MetricLog:
         self._csv = csv.writer(self._file)
         if fresh:
             self._csv.writerow(CSV_HEADER)
+            self._file.flush()
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -63,6 +64,9 @@ def truncate_csv(path: Path, last_step: int) -> None:
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
+    if not rows:  # a run killed before its first flush: start the file again, header first
+        path.unlink()
+        return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_step]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)

@@ -81,6 +81,12 @@ def source_of(volume: Volume) -> Path | None:
     return path if path.exists() else None
 
 
+def std_beside(prediction: Path, subject: str) -> Path | None:
+    """The std map ``medtrans predict`` wrote next to a prediction (``<subject>_<target>_std``), if any."""
+    found = sorted(prediction.parent.glob(f"{subject}_*_std.nii.gz"))
+    return found[0] if found else None
+
+
 def collect(paths: list[str | Path]) -> tuple[list[ModelResult], list[SubjectView]]:
     """Models and subject views for :func:`medtrans.report.write_report` from evaluation folders."""
     evaluations = [read_evaluation(folder) for path in paths for folder in find_evaluations(path)]
@@ -96,9 +102,12 @@ def collect(paths: list[str | Path]) -> tuple[list[ModelResult], list[SubjectVie
         present = [e for e in evaluations if subject in e.images]
         files = present[0].images[subject]
         synthetic = {e.name: load(e.images[subject]["pred"]) for e in present}
+        stds = {e.name: load(path) for e in present
+                if (path := std_beside(e.images[subject]["pred"], subject)) is not None}
         source = next((p for v in synthetic.values() if (p := source_of(v)) is not None), None)
         views.append(SubjectView(
             subject=subject, source=load(source) if source is not None else None, synthetic=synthetic,
             target=load(files["ref"]), mask=load(files["mask"]) if files["mask"] is not None else None,
+            std=stds,
         ))
     return models, views

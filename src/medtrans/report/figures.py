@@ -54,7 +54,10 @@ def encode_slices(volume: np.ndarray, indices: Sequence[int], limits: tuple[floa
         plane = np.asarray(volume[:, :, k], dtype=np.float64).T[::-1, ::-1]  # rows A→P, columns R→L
         scaled = np.clip((plane - lo) / (hi - lo), 0, 1)
         pixels = np.round(scaled * 255).astype(np.uint8)
-        image = Image.fromarray(lut[pixels] if lut is not None else pixels)
+        image = Image.fromarray(pixels)
+        if lut is not None:  # a palette PNG: one byte per pixel, lossless, ~2.5× smaller than RGB
+            image = Image.frombytes("P", image.size, pixels.tobytes())
+            image.putpalette(lut.ravel().tolist())
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", optimize=True)
         uris.append("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))

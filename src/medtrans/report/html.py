@@ -11,7 +11,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class SubjectView:
     synthetic: dict[str, Volume]
     target: Volume | None = None
     mask: Volume | None = None
+    std: dict[str, Volume] = field(default_factory=dict)  # per model: std map of its samples
 
     @property
     def grid(self) -> Volume:
@@ -125,6 +126,7 @@ def _panels(view: SubjectView, max_slices: int) -> tuple[list[str], list[list[st
     source = on_grid(view.source, 1) if view.source is not None else None
     target = on_grid(view.target, 1) if view.target is not None else None
     synthetic = {name: on_grid(volume, 1) for name, volume in view.synthetic.items()}
+    stds = {name: on_grid(volume, 1) for name, volume in view.std.items()}
     mask = on_grid(view.mask, 0) > 0.5 if view.mask is not None else None
     shown = on_grid(grid, 1)
     foreground = mask if mask is not None else shown > np.percentile(shown, 5)
@@ -146,6 +148,12 @@ def _panels(view: SubjectView, max_slices: int) -> tuple[list[str], list[list[st
         for name, error in errors.items():
             captions.append(f"|error| · {name} (0–{_fmt(top)})")
             panels.append(encode_slices(error, indices, (0.0, top), colormap="magma"))
+    else:
+        top = max((window(s, mask, 0, 99)[1] for s in stds.values()), default=1.0)
+    # on the error maps' scale: a calibrated std map looks like the error it predicts
+    for name, std in stds.items():
+        captions.append(f"std · {name} (0–{_fmt(top)})")
+        panels.append(encode_slices(std, indices, (0.0, top), colormap="magma"))
     return captions, panels, len(indices)
 
 
