@@ -41,6 +41,10 @@ class Registry:
         """Every known name (nothing is imported)."""
         return sorted(set(self._modules) | set(self._table))
 
+    def shipped(self) -> list[str]:
+        """The names medtrans itself provides (not those a plugin or a test registered at run time)."""
+        return sorted(self._modules)
+
     def __contains__(self, name: object) -> bool:
         return name in self._modules or name in self._table
 

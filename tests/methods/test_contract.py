@@ -50,7 +50,7 @@ def batch(size: int = 16) -> dict[str, torch.Tensor]:
             "mask": torch.ones(2, 1, size, size)}
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", METHODS.shipped())
 def test_every_group_trains_its_own_parameters(name: str) -> None:
     method = build(name).train()
     data = batch()
@@ -65,7 +65,7 @@ def test_every_group_trains_its_own_parameters(name: str) -> None:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), group
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", METHODS.shipped())
 def test_translate_keeps_shape_and_honours_steps_samples_and_seed(name: str) -> None:
     method = build(name).eval()
     source = batch(24)["source"]
@@ -96,8 +96,8 @@ def _takes_backbone(name: str) -> bool:
 FITS_ONLY: dict[str, set[str]] = {"unit": {"resnet"}}
 
 
-@pytest.mark.parametrize("backbone", BACKBONES.names())
-@pytest.mark.parametrize("name", [m for m in METHODS.names() if _takes_backbone(m)])
+@pytest.mark.parametrize("backbone", BACKBONES.shipped())
+@pytest.mark.parametrize("name", [m for m in METHODS.shipped() if _takes_backbone(m)])
 def test_every_method_trains_and_translates_on_every_backbone(name: str, backbone: str) -> None:
     """The family × backbone matrix: one step of every group and a 2-sample translation."""
     from tests.nets.tiny_nets import TINY as TINY_BACKBONES

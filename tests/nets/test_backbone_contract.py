@@ -12,7 +12,7 @@ from medtrans.nets import blocks
 from medtrans.registry import BACKBONES
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", BACKBONES.shipped())
 @pytest.mark.parametrize(("spatial_dims", "size"), [(2, (32, 32)), (2, (33, 21)), (3, (9, 10, 11))])
 def test_output_has_the_input_size_with_and_without_t(name, spatial_dims, size):
     net = tiny(name, spatial_dims=spatial_dims)
@@ -23,7 +23,7 @@ def test_output_has_the_input_size_with_and_without_t(name, spatial_dims, size):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", BACKBONES.shipped())
 def test_output_changes_with_t_and_ignores_the_time_path_without_it(name):
     net = tiny(name).eval()
     x = torch.randn(2, 2, 16, 16)
@@ -38,14 +38,14 @@ def test_output_changes_with_t_and_ignores_the_time_path_without_it(name):
     torch.testing.assert_close(net(x), plain(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", BACKBONES.shipped())
 def test_a_net_without_time_conditioning_refuses_t(name):
     net = tiny(name, time_dim=0)
     with pytest.raises(MedtransError, match="time_dim"):
         net(torch.randn(1, 2, 16, 16), torch.tensor([0.5]))
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", BACKBONES.shipped())
 def test_same_seed_same_weights_same_output(name):
     x, t = torch.randn(2, 2, 16, 16), torch.tensor([0.2, 0.7])
     a, b = tiny(name, seed=3), tiny(name, seed=3)
@@ -53,7 +53,7 @@ def test_same_seed_same_weights_same_output(name):
     assert not torch.equal(tiny(name, seed=4)(x, t), a(x, t))
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("name", BACKBONES.shipped())
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_gradients_reach_every_parameter_when_t_is_given(name, spatial_dims):
     net = tiny(name, spatial_dims=spatial_dims)

@@ -16,7 +16,7 @@ from medtrans.metrics.spectral import nyquist_fraction
 from medtrans.nets import blocks
 from medtrans.registry import BACKBONES
 
-UPSAMPLING = [n for n in BACKBONES.names() if "upsample" in inspect.signature(BACKBONES.get(n)).parameters]
+UPSAMPLING = [n for n in BACKBONES.shipped() if "upsample" in inspect.signature(BACKBONES.get(n)).parameters]
 
 
 def smooth_images(batch: int, spatial_dims: int, size: int = 16, seed: int = 0) -> torch.Tensor:
