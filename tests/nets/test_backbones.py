@@ -161,8 +161,8 @@ def test_too_small_input_for_the_depth_is_a_clear_error():
 def test_bad_specs_name_what_is_allowed():
     with pytest.raises(MedtransError, match="depth, width"):
         build_backbone({"name": "unet", "levels": 3}, 2, 1, 1)
-    with pytest.raises(MedtransError, match="mamba, resnet, resvit, unet"):
-        build_backbone({"name": "vnet"}, 2, 1, 1)
+    with pytest.raises(MedtransError, match="choose one of: .*mamba, resnet, resvit, .*unet"):
+        build_backbone({"name": "vnet"}, 2, 1, 1)  # (a test may have registered more backbones)
     with pytest.raises(MedtransError, match="no 'name'"):
         build_backbone({"width": 3}, 2, 1, 1)
     with pytest.raises(MedtransError, match="instance, batch, group, none"):
