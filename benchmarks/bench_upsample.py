@@ -1,7 +1,7 @@
 """Decoder upsampling, ``transpose`` vs ``resize``: checkerboard power, accuracy and step time, same run.
 
 For ``unet`` and ``resnet`` at the phantom recipes' widths: train each mode from the same seed on
-T1 → T2 slices of the simulated brain (L1, Adam, channels_last + bf16 autocast as the recipes), then
+T1 → T2 slices of the simulated brain (L1, Adam, channels_last, bf16 autocast where native, as the recipes' amp: auto), then
 on held-out subjects report PSNR, the Nyquist fraction of the prediction over the target's
 (``metrics.spectral.nyquist_fraction``; > 1 means more 2-pixel-period power than the truth: a
 checkerboard) and the median training step time, each as resize / transpose.
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from medtrans.data.phantom import PhantomSpec, simulate
+from medtrans.engine.predictor import resolve_amp
 from medtrans.metrics import psnr
 from medtrans.metrics.spectral import nyquist_fraction
 from medtrans.nets import build_backbone
@@ -49,7 +50,8 @@ def train(
     for _ in range(steps):
         pick = torch.randint(len(source), (batch,), generator=g)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        # the recipes' amp: auto: bf16 only where the CPU computes it natively (else it is emulated, slower)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_amp("auto", torch.device("cpu"))):
             x = source[pick].contiguous(memory_format=torch.channels_last)
             loss = F.l1_loss(net(x).float(), target[pick])
         opt.zero_grad(set_to_none=True)
