@@ -1,7 +1,8 @@
 """Decoder upsampling, ``transpose`` vs ``resize``: checkerboard power, accuracy and step time, same run.
 
 For ``unet`` and ``resnet`` at the phantom recipes' widths: train each mode from the same seed on
-T1 → T2 slices of the simulated brain (L1, Adam, channels_last, bf16 autocast where native, as the recipes' amp: auto), then
+T1 → T2 slices of the simulated brain (L1, Adam, channels_last, bf16 autocast where native as the
+recipes' amp: auto), then
 on held-out subjects report PSNR, the Nyquist fraction of the prediction over the target's
 (``metrics.spectral.nyquist_fraction``; > 1 means more 2-pixel-period power than the truth: a
 checkerboard) and the median training step time, each as resize / transpose.
