@@ -78,9 +78,10 @@ def tiny_run(phantom_root: Path, make_config: Callable[..., Config],
 TINY = {"backbone": {"name": "unet", "args": {"depth": 2, "width": 4}}}
 
 
-def write_spec(folder: Path, root: Path, entries: list[tuple[str, ...]], steps: int) -> Path:
+def write_spec(folder: Path, root: Path, entries: list[tuple[str, ...]], steps: int,
+               baselines: bool = False) -> Path:
     """A benchmark SPEC on ``root``; each entry ``(name, recipe, *--set lines)`` with a tiny U-Net."""
-    spec = {"name": "tiny", "device": "cpu",
+    spec = {"name": "tiny", "device": "cpu", "baselines": baselines,
             "data": {"root": str(root), "sources": ["t1"], "target": "t2", "dims": "2d",
                      "splits": {"train": 0.34, "val": 0.16, "test": 0.5}},  # 6 subjects: 2 / 1 / 3
             "entries": [{"name": name, "recipe": recipe, **TINY, "set": ["validation.max_slices=2", *sets]}

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
@@ -112,7 +113,7 @@ def killed_and_rerun(bench_root: Path, tmp_path_factory: pytest.TempPathFactory,
     spec = benchmark_spec(folder, bench_root, [
         ("regression", "phantom_t1_t2_regression.yaml"),
         ("broken", "phantom_t1_t2_regression.yaml", "method.args.no_such_argument=1"),
-        ("flow", "phantom_t1_t2_flow.yaml", "checkpoint.every=2")], steps=30)
+        ("flow", "phantom_t1_t2_flow.yaml", "checkpoint.every=2")], steps=30, baselines=True)
     out = folder / "out"
     command = [sys.executable, "-c", "from medtrans.cli import main; main()", "benchmark", str(spec),
                "-o", str(out)]
@@ -133,7 +134,8 @@ def killed_and_rerun(bench_root: Path, tmp_path_factory: pytest.TempPathFactory,
         os.kill(pid, signal.SIGKILL)
     killed_at = json.loads(state.read_text())["step"]
     before = {"regression": _fingerprint(out / "runs" / "regression" / "checkpoints"),
-              "regression.json": (out / "entries" / "regression.json").read_bytes()}
+              "regression.json": (out / "entries" / "regression.json").read_bytes(),
+              "baselines": _fingerprint(out / "baselines")}
     rerun = CliRunner().invoke(app, ["benchmark", str(spec), "-o", str(out)])
     return {"out": out, "orphans": orphans, "killed_at": killed_at, "before": before, "rerun": rerun}
 
@@ -151,7 +153,52 @@ def test_a_killed_benchmark_resumes_without_retraining_finished_entries(
     assert flow["resumed_from_step"] == killed_and_rerun["killed_at"]
     harness = json.loads((out / "harness.json").read_text())
     assert harness["entries_run"] == ["broken", "flow"]
-    assert set(read_rows(out / "leaderboard.csv")) == {"regression", "broken", "flow"}
+    assert set(read_rows(out / "leaderboard.csv")) == {"regression", "broken", "flow", "baseline-linear",
+                                                       "baseline-lookup"}
+    assert _fingerprint(out / "baselines") == before["baselines"]  # scored once, read back on the re-run
+
+
+def test_the_baselines_are_fitted_on_training_subjects_and_scored_like_entries(
+        killed_and_rerun: dict[str, Any]) -> None:
+    from medtrans.engine.baselines import fit_lookup
+    from medtrans.io import load
+
+    out = killed_and_rerun["out"]
+    rows, split = read_rows(out / "leaderboard.csv"), json.loads((out / "splits.json").read_text())
+    for name in ("linear", "lookup"):
+        scores = per_subject(out / "baselines", f"{name}_eval")
+        assert sorted(scores) == split["test"]
+        assert float(rows[f"baseline-{name}"]["psnr"]) == pytest.approx(
+            np.mean([v["psnr"] for v in scores.values()]))
+        assert rows[f"baseline-{name}"]["train_steps"] == "0"
+    # the lookup map refitted here from the training subjects alone reproduces the harness's prediction
+    spec = json.loads((out / "harness.json").read_text())["spec"]
+    data_root = Path(yaml.safe_load(Path(spec).read_text())["data"]["root"])
+    pairs = [(load(data_root / s / "t1.nii.gz").array, load(data_root / s / "t2.nii.gz").array,
+              load(data_root / s / "mask.nii.gz").array > 0) for s in split["train"]]
+    lookup = fit_lookup([np.concatenate([t1[m] for t1, _, m in pairs])],
+                        np.concatenate([t2[m] for _, t2, m in pairs]))
+    subject = split["test"][0]
+    predicted = load(out / "baselines" / "lookup" / f"{subject}.nii.gz")
+    assert "baseline-lookup" in predicted.meta["synthetic"]  # marked synthetic like every prediction
+    np.testing.assert_allclose(predicted.array, lookup([load(data_root / subject / "t1.nii.gz").array]),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_the_baseline_maps_recover_what_they_can_represent() -> None:
+    from medtrans.engine.baselines import fit_linear, fit_lookup
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0, 1, 5000), rng.uniform(0, 1, 5000)
+    linear = fit_linear([a, b], 3 * a - 2 * b + 0.5)
+    np.testing.assert_allclose(linear([a, b]), 3 * a - 2 * b + 0.5, atol=1e-5)
+    # a contrast inversion that is not monotonic (dark -> bright -> dark): no linear map can follow it
+    bump = np.sin(np.pi * a)
+    lookup, straight = fit_lookup([a], bump), fit_linear([a], bump)
+    error = np.abs(lookup([a]) - bump)
+    # 64 bins of width ~1/64: interpolation error inside, the slope × half a bin beyond the end centres
+    assert error.mean() < 0.002 and error.max() < np.pi / 128 + 0.005
+    assert np.abs(straight([a]) - bump).mean() > 0.15
 
 
 def test_a_failing_entry_is_recorded_and_the_others_finish(killed_and_rerun: dict[str, Any]) -> None:

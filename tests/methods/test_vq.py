@@ -182,6 +182,8 @@ def test_vqar_samples_give_a_std_map_and_are_batch_independent() -> None:
     torch.testing.assert_close(alone, mean[1:2])
     with pytest.raises(MedtransError, match="no step count"):
         method.translate(source, steps=4)
+    # cost tables: 6×6 at stride 2 is a 3×3 token grid: 9 sequential prior passes, then the decoder
+    assert method.evaluations(None) == 9 + 1
 
 
 def test_frozen_autoencoder_stays_in_eval_mode() -> None:

@@ -86,6 +86,8 @@ class BenchmarkSpec(_Strict):
     primary: str = Field("psnr", description="metric that ranks the leaderboard (higher is better, "
                          "except mae / rmse / nmse)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    baselines: bool = Field(True, description="also score the trivial intensity-map baselines "
+                            "(engine.baselines), fitted on the training subjects: the bar to clear")
 
 
 def load_spec(path: str | os.PathLike) -> tuple[BenchmarkSpec, list[EntrySpec]]:
@@ -345,7 +347,8 @@ def _predict_and_evaluate(job: dict[str, Any], run: Path) -> dict[str, Any]:
         result.write(run / ("eval" if variant == "mean" else "eval_single"))
         steps = method.resolve_steps(predictor.sampling.steps)  # None: the method's default, named
         record[variant] = {"samples": samples, "s_per_volume": (predicted - start) / len(subjects),
-                           "evaluations_per_voxel": method.evaluations(steps) * samples,
+                           # the predictor's own instance: vqar counts its passes while sampling
+                           "evaluations_per_voxel": predictor.method.evaluations(steps) * samples,
                            "steps": steps, "per_subject": result.per_subject,
                            "predict_seconds": predicted - start,
                            "evaluate_seconds": time.perf_counter() - predicted}
@@ -360,7 +363,7 @@ def run_benchmark(spec_path: str | os.PathLike, out: str | os.PathLike,
     out = Path(out).resolve()
     (out / "entries").mkdir(parents=True, exist_ok=True)
     splits = write_split(spec, out)
-    records: dict[str, Any] = {}
+    records: dict[str, Any] = _baselines(spec, splits, out) if spec.baselines else {}
     ran: list[str] = []  # entries run by this call (the others were done before)
     for entry in entries:
         for seed in spec.seeds:
@@ -399,8 +402,23 @@ def run_benchmark(spec_path: str | os.PathLike, out: str | os.PathLike,
     return records
 
 
+def _baselines(spec: BenchmarkSpec, splits: dict[str, list[str]], out: Path) -> dict[str, Any]:
+    """The baselines' records: read back when scored before (they depend on the split only), else fitted."""
+    from medtrans.engine.baselines import BASELINES, run_baselines
+
+    paths = {f"baseline-{name}": out / "entries" / f"baseline-{name}.json" for name in BASELINES}
+    if all(p.is_file() for p in paths.values()):
+        return {k: json.loads(p.read_text()) for k, p in paths.items()}
+    records = run_baselines(spec.data.root, spec.data.layout, spec.data.sources, spec.data.target, splits,
+                            spec.data.mask, spec.preset, out / "baselines", seed=spec.seeds[0])
+    for key, record in records.items():
+        write_json(paths[key], record)
+    return records
+
+
 def conventions(spec: BenchmarkSpec) -> list[str]:
     """What the numbers mean, stated on the page and in the JSON."""
+    from medtrans.engine.baselines import BASELINES
     from medtrans.metrics.presets import get_preset
 
     preset = get_preset(spec.preset)
@@ -413,6 +431,9 @@ def conventions(spec: BenchmarkSpec) -> list[str]:
         f"Preset {preset.name}: {preset.summary}. Mask: {mask}. Units: the target's (HU for CT).",
         f"Stochastic methods: the N-mean columns are the mean of {spec.inference.samples} samples per voxel "
         f"(seed {spec.inference.seed}); '1 sample' is one draw. One-pass methods have one variant.",
+        *(["Baselines (no training beyond an intensity map; fitted on the training subjects inside the "
+           "mask, applied voxel by voxel): " + "; ".join(f"baseline-{k}: {how}" for k, (_, how)
+                                                       in BASELINES.items())] if spec.baselines else []),
         "Statistics over test subjects: means with 95% percentile-bootstrap CIs; p: two-sided paired "
         "Wilcoxon signed-rank against the best entry of that metric, Holm-corrected across entries.",
         "Costs: parameters of every network of the method; train s/step: wall time of training / steps; "

@@ -120,6 +120,9 @@ class VQAR(Method):
         if top_k is not None and top_k < 1:
             raise MedtransError(None, f"top_k {top_k} is below 1", "use at least 1, or null for all tokens")
         self.temperature, self.top_k, self.kv_cache = float(temperature), top_k, bool(kv_cache)
+        #: sequential network passes of the last sample drawn (one prior pass per token + the decoder);
+        #: the token count follows the image size, which only sampling knows
+        self.passes_per_sample: int | None = None
 
     def train(self, mode: bool = True) -> VQAR:
         """The stage-1 autoencoder always runs in eval mode: its tokens must not move during stage 2."""
@@ -177,7 +180,16 @@ class VQAR(Method):
                 logits = self.prior(sequence, context[:, :i + 1], context)
             token = choose_tokens(logits[:, -1], self.temperature, self.top_k, self.prior.bos, noise)
             sequence = torch.cat([sequence, token[:, None]], dim=1)
+        self.passes_per_sample = context.shape[1] + 1
         return order.to_grid(sequence[:, 1:])
+
+    def evaluations(self, steps: int | None) -> int:
+        """Sequential network passes per sample: one prior pass per token plus the decoder (known once a
+        sample was drawn; the cost tables ask after predicting)."""
+        if self.passes_per_sample is None:
+            raise RuntimeError("vqar.evaluations is known only after sampling (the token count follows "
+                               "the image size)")
+        return self.passes_per_sample
 
     def sample(self, source: Tensor, steps: int | None, noise: Noise | None) -> Tensor:
         padded, size = blocks.pad_to_multiple(source, self.vqvae.downsample)
