@@ -70,6 +70,11 @@ def test_leaderboard_statistics_match_scipy_on_the_entries_csvs(two_entries: Pat
     assert float(rows["flow"]["std_ratio"]) > 0 and rows["regression"]["std_ratio"] == ""
     psnr = [float(rows[e]["psnr"]) for e in rows]
     assert list(rows) == [e for _, e in sorted(zip(psnr, rows, strict=True), reverse=True)]  # ranked
+    markdown = (two_entries / "leaderboard.md").read_text().splitlines()
+    assert [line.split(" | ")[0].removeprefix("| ") for line in markdown[2:]] == list(rows)  # same order
+    for line in markdown[2:]:
+        entry = line.split(" | ")[0].removeprefix("| ")
+        assert line.startswith(f"| {entry} | {float(rows[entry]['psnr']):.2f} [")
     harness = json.loads((two_entries / "harness.json").read_text())
     assert harness["entries_run"] == ["regression", "flow"]
     assert harness["wall_seconds"] > harness["entries_seconds"] > harness["work_seconds"] > 0

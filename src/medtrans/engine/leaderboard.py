@@ -93,8 +93,42 @@ def _cost_row(key: str, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cell(value: Any, fmt: str) -> str:
+    return "–" if value is None or value == "" else format(value, fmt)
+
+
+def leaderboard_markdown(board: dict[str, Any], reference: str = "regression") -> str:
+    """The leaderboard as a Markdown table (for papers and docs): quality of the N-mean and of one
+    sample, against the noise-free truth where scored, calibration and costs, with the prediction time
+    as a ratio to ``reference``'s (when that entry is on the board)."""
+    rows = board["rows"]
+    ref = next((r for r in rows if r["entry"] == reference and r.get("s_per_volume")), None)
+    header = ["entry", "PSNR N-mean [95% CI]", "SSIM", "PSNR 1 sample", "SSIM 1", "p vs best (Holm)",
+              "PSNR truth", "std Spearman", "std ratio", "train steps", "s / step", "s / volume",
+              f"× {reference}", "NFE / voxel"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if r.get("status") != "done" or r.get("psnr") is None:
+            if r.get("status") == "failed":
+                lines.append(f"| {r['entry']} | failed: {r.get('error') or ''} |" + " |" * (len(header) - 2))
+            continue
+        ci = (f" [{r['psnr_ci_low']:.2f}, {r['psnr_ci_high']:.2f}]"
+              if r.get("psnr_ci_low") is not None else "")
+        ratio = (r["s_per_volume"] / ref["s_per_volume"]) if ref and r.get("s_per_volume") else None
+        cells = [r["entry"], f"{r['psnr']:.2f}{ci}", _cell(r.get("ssim"), ".3f"),
+                 _cell(r.get("psnr_1"), ".2f"), _cell(r.get("ssim_1"), ".3f"),
+                 _cell(r.get("psnr_p_holm"), ".3f"),
+                 _cell(r.get("truth_psnr"), ".2f"), _cell(r.get("std_spearman"), ".2f"),
+                 _cell(r.get("std_ratio"), ".2f"), _cell(r.get("train_steps"), "d"),
+                 _cell(r.get("train_s_per_step"), ".3f"), _cell(r.get("s_per_volume"), ".2f"),
+                 _cell(ratio, ".1f"), _cell(r.get("evaluations_per_voxel"), "d")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_leaderboard(board: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``leaderboard.csv`` (one row per entry) and ``leaderboard.json`` (rows + tests), atomically."""
+    """``leaderboard.csv`` (one row per entry), ``leaderboard.json`` (rows + tests) and ``leaderboard.md``
+    (the table to paste), atomically."""
     columns: list[str] = []
     for row in board["rows"]:
         columns += [c for c in row if c not in columns]
@@ -103,6 +137,7 @@ def write_leaderboard(board: dict[str, Any], out: Path) -> tuple[Path, Path]:
     writer.writeheader()
     for row in board["rows"]:
         writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+    write_text(out / "leaderboard.md", leaderboard_markdown(board))
     return (write_text(out / "leaderboard.csv", buffer.getvalue()),
             write_json(out / "leaderboard.json", json.loads(json.dumps(board, default=str))))
 
