@@ -162,6 +162,15 @@ def test_phantom_cli_writes_the_generic_layout(tmp_path, run_cli) -> None:
     assert _read(tmp_path / "ph" / "sub-001" / "t1.nii.gz").shape == (32, 32, 1)
 
 
+def test_phantom_cli_voxel_size_sets_the_spacing(tmp_path, run_cli) -> None:
+    code, _, err = run_cli("phantom", tmp_path / "ph", "--subjects", "1", "--size", "24x24x6",
+                           "--modalities", "t1", "--voxel-mm", "2.5", "--workers", "1")
+    assert code == 0, err
+    image = nib.load(tmp_path / "ph" / "sub-000" / "t1.nii.gz")
+    assert image.shape == (24, 24, 6)
+    np.testing.assert_allclose(image.header.get_zooms(), (2.5, 2.5, 2.5))
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
