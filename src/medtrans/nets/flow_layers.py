@@ -22,6 +22,9 @@ from medtrans.nets.blocks import check_spatial_dims, conv
 
 Cond = Tensor | None
 
+#: bound of a coupling's shift, in the units of its ActNorm-standardised input
+SHIFT_BOUND = 3.0
+
 
 def soft_clamp(raw: Tensor, clamp: float) -> Tensor:
     """clamp · tanh(raw / clamp): ≈ raw near 0, bounded by ±clamp (an unbounded log-scale blows up)."""
@@ -37,7 +40,7 @@ def _spatial_numel(x: Tensor) -> int:
 
 
 def _zero_conv(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """A 3×3 conv starting at zero, so every coupling and prior starts as the identity / N(0, I)."""
+    """A 3×3 conv starting at zero: every coupling starts near the identity, every prior at N(0, I)."""
     layer = conv(spatial_dims, in_channels, out_channels, 3)
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
@@ -149,16 +152,26 @@ class InvConv1x1(FlowLayer):
 
 
 class AffineCoupling(FlowLayer):
-    """The second half moves as x_b · exp(s) + t, with (s, t) from a small CNN on the first half **and the
-    source features**; s = clamp · tanh(raw / clamp) keeps every step's scale within e^{±clamp}."""
+    """The second half moves as (x_b + t) · exp(s), with (s, t) from a small CNN on the first half **and
+    the source features**, and both bounded so that the *inverse* cannot blow up when sampling.
+
+    s = clamp · sigmoid(raw − 2) ∈ (0, clamp): the forward only expands (whitening a narrow conditional
+    density needs expansion; ActNorm and the 1×1 conv rescale globally), so the inverse
+    x_b = y_b · exp(−s) − t only contracts, and t = shift_bound · tanh(raw_t / shift_bound) adds at most
+    ``shift_bound``. A two-sided log-scale (±clamp) lets each inverse coupling multiply by e^clamp where
+    its CNN sees inputs unlike training (a sampled ε): over L × K couplings the gains compound (e^48 at
+    clamp 2, L = 3, K = 8), which is what made samples explode. The −2 offset starts s at
+    clamp · 0.12, near the identity, with a useful gradient (Glow's sigmoid(raw + 2), mirrored).
+    """
 
     def __init__(self, spatial_dims: int, channels: int, cond_channels: int = 0, hidden: int = 64,
-                 clamp: float = 2.0) -> None:
+                 clamp: float = 2.0, shift_bound: float = SHIFT_BOUND) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
         self.keep = channels // 2
         self.clamp = float(clamp)
+        self.shift_bound = float(shift_bound)
         self.net = nn.Sequential(
             conv(spatial_dims, self.keep + cond_channels, hidden, 3), nn.SiLU(),
             conv(spatial_dims, hidden, hidden, 1), nn.SiLU(),
@@ -167,17 +180,17 @@ class AffineCoupling(FlowLayer):
 
     def _scale_shift(self, xa: Tensor, cond: Cond) -> tuple[Tensor, Tensor]:
         raw, shift = self.net(_with(xa, cond)).chunk(2, dim=1)
-        return soft_clamp(raw, self.clamp), shift
+        return self.clamp * torch.sigmoid(raw - 2.0), soft_clamp(shift, self.shift_bound)
 
     def forward(self, x: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         xa, xb = x[:, : self.keep], x[:, self.keep :]
         s, t = self._scale_shift(xa, cond)
-        return torch.cat([xa, xb * s.exp() + t], dim=1), per_item(s)
+        return torch.cat([xa, (xb + t) * s.exp()], dim=1), per_item(s)
 
     def inverse(self, y: Tensor, cond: Cond = None) -> Tensor:
         ya, yb = y[:, : self.keep], y[:, self.keep :]
         s, t = self._scale_shift(ya, cond)
-        return torch.cat([ya, (yb - t) * (-s).exp()], dim=1)
+        return torch.cat([ya, yb * (-s).exp() - t], dim=1)
 
 
 class GaussianPrior(FlowLayer):
