@@ -109,3 +109,21 @@ def test_predict_cli_translates_a_subject_missing_a_source_and_says_so(
     written = load(tmp_path / "out" / "sub-004.nii.gz")
     assert "sources missing: t2" in written.meta["synthetic"]
     assert written.shape == load(subject / "t1.nii.gz").shape
+
+
+def test_a_dropout_run_exports_to_onnx_and_the_export_predicts_from_a_subset(
+        flair_data: Path, make_config: Callable[..., Config], tmp_path: Path) -> None:
+    from medtrans.engine.export import export_run, onnx_predictor
+
+    config = make_config(flair_data, **{"data.sources": ["t1", "t2"], "data.target": "flair",
+                                        "data.source_dropout": 0.5, "optim.steps": 2,
+                                        "validation.every": None, "logging.tensorboard": False})
+    run = train(config, run_dir=tmp_path / "run")
+    result = export_run(run, tmp_path / "model.onnx", which="last")
+    # the example is a real slice with its two availability channels (it had the images' two only)
+    assert result.real_input and result.input_shape == (1, 4, 32, 32)
+    assert result.max_difference <= 1e-4
+    t1 = load(flair_data / "sub-004" / "t1.nii.gz", modality="t1")
+    onnx_out = onnx_predictor(result.path).predict_subject({"t1": t1}).array
+    torch_out = Predictor.from_run(run, which="last", device="cpu").predict_subject({"t1": t1}).array
+    assert np.abs(onnx_out - torch_out).max() <= 1e-4 * float(np.ptp(torch_out))

@@ -78,9 +78,11 @@ def example_source(run_dir: Path, config: Any, plan: Any, in_channels: int) -> t
     """A (1, C, *spatial) model-space input the network sees at inference, and whether it is real data.
 
     2D / 2.5D: the middle slice of the first cached subject (with its context stack), padded to a
-    multiple of 32 as the predictor pads; 3D: the central ``patch_size`` window. Without a readable
-    cache: a random input of that size (uniform in [-1, 1], seeded).
+    multiple of 32 as the predictor pads; 3D: the central ``patch_size`` window; a run trained with
+    source dropout gets its availability channels (all sources present). Without a readable cache: a
+    random input of that size (uniform in [-1, 1], seeded).
     """
+    from medtrans.data.missing import with_availability
     from medtrans.engine.inferers import PAD_MULTIPLE, context_stack, pad_in_plane
 
     dims = str(config.data.dims)
@@ -90,7 +92,10 @@ def example_source(run_dir: Path, config: Any, plan: Any, in_channels: int) -> t
     patch = list(config.data.patch_size or plan.patch_size)
     if found:
         # the cache is slice-major: (C, S, H, W)
-        array = torch.from_numpy(np.stack([np.load(found[0] / f"{m}.npy") for m in plan.sources]))
+        images = np.stack([np.load(found[0] / f"{m}.npy") for m in plan.sources])
+        if config.data.source_dropout > 0:  # the availability channels, every source present
+            images = with_availability(images, [True] * len(plan.sources))
+        array = torch.from_numpy(images)
         if dims != "3d":
             context = int(config.data.context) if dims == "2.5d" else 0
             x = context_stack(array, torch.tensor([array.shape[1] // 2]), context)
