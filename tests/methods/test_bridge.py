@@ -169,7 +169,7 @@ def test_inputs_steps_and_groups(assert_groups_partition) -> None:
     assert pixel_bridge(in_channels=2, recursions=2).net.first.in_channels == 4  # + the previous x̂_0
     assert pixel_bridge(condition_source=False).net.first.in_channels == 1
     defaults = {p: pixel_bridge(preset=p) for p in PRESETS}
-    assert {p: m.default_steps for p, m in defaults.items()} == {"selfrdb": 10, "i2sb": 10, "bbdm": 200}
+    assert {p: m.default_steps for p, m in defaults.items()} == {"selfrdb": 10, "i2sb": 4, "bbdm": 4}
     assert {p: m.prediction for p, m in defaults.items()} == {"selfrdb": "x0", "i2sb": "residual",
                                                              "bbdm": "residual"}
     assert pixel_bridge(recursions=2).evaluations(None) == 20

@@ -50,7 +50,7 @@ class Bridge(Method):
         preset: ``selfrdb`` (soft prior, 10 steps; default), ``i2sb`` (β_max 0.3, T = 1000) or
             ``bbdm`` (m linear, T = 1000).
         timesteps: the training N (the preset's when None).
-        steps: default sampling steps (the preset's: 10, 10, 200); SelfRDB only samples with N.
+        steps: default sampling steps (the preset's: 10, 4, 4); SelfRDB only samples with N.
         eta: posterior noise scale at sampling (1: the posterior, 0: deterministic).
         prediction: ``x0`` (the network outputs x̂_0, SelfRDB's) or ``residual`` (it outputs x_t − x̂_0,
             BBDM's "grad" objective: near t = 0 x̂_0 inherits the detail of x_t, which keeps samples

@@ -30,9 +30,11 @@ from medtrans.errors import MedtransError
 from medtrans.methods.schedules import Noise, broadcast, check_steps, randn_like
 
 PRESETS = ("selfrdb", "i2sb", "bbdm")
-#: training steps N of each preset and its default number of sampling steps
+#: training steps N of each preset and its default number of sampling steps: the papers sample I2SB
+#: in 10 and BBDM in 200, but on the phantom both scored best at 1-4 steps and worse with more (BBDM
+#: at 200: -2.5 dB against 4; docs/BENCHMARKS.md, two separate runs), so 4 is the default here
 TRAINING_STEPS = {"selfrdb": 10, "i2sb": 1000, "bbdm": 1000}
-SAMPLING_STEPS = {"selfrdb": 10, "i2sb": 10, "bbdm": 200}
+SAMPLING_STEPS = {"selfrdb": 10, "i2sb": 4, "bbdm": 4}
 
 
 def _mirrored(betas: Tensor, length: int) -> Tensor:
