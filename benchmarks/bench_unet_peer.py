@@ -59,6 +59,8 @@ class MonaiBasicUNet(nn.Module):
 VARIANTS = {
     "unet-transpose": [],
     "unet-resize": ["backbone.args.upsample=resize"],
+    # the recipe's U-Net at BasicUNet's depth (4 poolings) and first width (32)
+    "unet-w32d4": ["backbone.args.width=32", "backbone.args.depth=4"],
     "monai-basicunet": ["backbone={name: monai_basicunet}"],
 }
 
@@ -85,19 +87,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="training wall clock per variant")
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="a subset (the peer, monai-basicunet, is always run: every row is against it)")
     args = parser.parse_args()
+    variants = list(dict.fromkeys([*args.variants, "monai-basicunet"]))
     test = json.loads(args.splits.read_text())["test"]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         k = args.timing_steps
-        per_step: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        per_step: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.repeats):  # interleaved, so a change of load hits every variant alike
-            for variant in VARIANTS:
+            for variant in variants:
                 long = timed_run(variant, args.data, args.splits, 2 * k, runs)
                 short = timed_run(variant, args.data, args.splits, k, runs)
                 per_step[variant].append(max(long - short, 1e-3) / k)
-        for variant in VARIANTS:
+        for variant in variants:
             s_step = statistics.median(per_step[variant])
             steps = max(1, int(args.seconds / s_step))
             start = time.perf_counter()
