@@ -159,7 +159,7 @@ def test_a_killed_benchmark_resumes_without_retraining_finished_entries(
     harness = json.loads((out / "harness.json").read_text())
     assert harness["entries_run"] == ["broken", "flow"]
     assert set(read_rows(out / "leaderboard.csv")) == {"regression", "broken", "flow", "baseline-linear",
-                                                       "baseline-lookup"}
+                                                       "baseline-lookup", "baseline-quantile"}
     assert _fingerprint(out / "baselines") == before["baselines"]  # scored once, read back on the re-run
 
 
@@ -170,7 +170,7 @@ def test_the_baselines_are_fitted_on_training_subjects_and_scored_like_entries(
 
     out = killed_and_rerun["out"]
     rows, split = read_rows(out / "leaderboard.csv"), json.loads((out / "splits.json").read_text())
-    for name in ("linear", "lookup"):
+    for name in ("linear", "lookup", "quantile"):
         scores = per_subject(out / "baselines", f"{name}_eval")
         assert sorted(scores) == split["test"]
         assert float(rows[f"baseline-{name}"]["psnr"]) == pytest.approx(
@@ -191,7 +191,7 @@ def test_the_baselines_are_fitted_on_training_subjects_and_scored_like_entries(
 
 
 def test_the_baseline_maps_recover_what_they_can_represent() -> None:
-    from medtrans.engine.baselines import fit_linear, fit_lookup
+    from medtrans.engine.baselines import fit_linear, fit_lookup, fit_quantile
 
     rng = np.random.default_rng(0)
     a, b = rng.uniform(0, 1, 5000), rng.uniform(0, 1, 5000)
@@ -204,6 +204,11 @@ def test_the_baseline_maps_recover_what_they_can_represent() -> None:
     # 64 bins of width ~1/64: interpolation error inside, the slope × half a bin beyond the end centres
     assert error.mean() < 0.002 and error.max() < np.pi / 128 + 0.005
     assert np.abs(straight([a]) - bump).mean() > 0.15
+    # histogram matching recovers a monotonic map from the marginals alone: pairs shuffled apart
+    quantile = fit_quantile([a], rng.permutation(np.exp(2 * a)))
+    np.testing.assert_allclose(quantile([a]), np.exp(2 * a), rtol=0.01)
+    # and cannot follow an inversion, which the paired lookup does
+    assert np.abs(fit_quantile([a], 1 - a)([a]) - (1 - a)).mean() > 0.4
 
 
 def test_a_failing_entry_is_recorded_and_the_others_finish(killed_and_rerun: dict[str, Any]) -> None:
@@ -237,6 +242,20 @@ def test_the_phantom_spec_has_an_entry_for_every_method_and_refuses_unequal_term
         "set: [optim.steps=99999]}]"))
     with pytest.raises(MedtransError, match="entry long sets optim.steps"):
         load_spec(unfair)
+
+
+def test_entry_selection_keeps_the_spec_order_and_names_the_choices_on_a_typo(tmp_path: Path) -> None:
+    from medtrans.engine.benchmark import load_spec, select_entries
+
+    spec_path = Path(__file__).resolve().parents[2] / "configs" / "benchmark_families.yaml"
+    _, entries = load_spec(spec_path)
+    assert [e.name for e in select_entries(entries, ["vqar", "vqvae"], spec_path)] == ["vqvae", "vqar"]
+    assert select_entries(entries, None, spec_path) == entries
+    result = CliRunner().invoke(app, ["benchmark", str(spec_path), "-o", str(tmp_path / "out"),
+                                      "--entry", "vqar", "--entry", "vqae"])
+    assert result.exit_code != 0
+    assert "no entry named 'vqae'" in str(result.exception) and "vqvae" in str(result.exception)
+    assert not (tmp_path / "out" / "splits.json").exists()  # refused before anything was written
 
 
 def test_holm_against_a_hand_computed_example() -> None:

@@ -17,6 +17,9 @@ def benchmark(
                                 "inference, preset; see configs/benchmark_phantom.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (runs/, entries/, leaderboard.csv/"
                              ".json, report.html). A re-run skips finished entries and resumes the others."),
+    entry: list[str] = typer.Option(None, "--entry", help="Run only this entry of the SPEC (repeatable; "
+                                    "list an entry's stage 1 too); the leaderboard ranks these and the "
+                                    "baselines."),
 ) -> None:
     """Train, translate and evaluate every entry with the same data, split, budget and code; rank them.
 
@@ -26,7 +29,8 @@ def benchmark(
 
     console = Console(stderr=True)
     start = time.perf_counter()
-    records = run_benchmark(spec, out, progress=lambda key: console.print(f"entry {key} …", highlight=False))
+    records = run_benchmark(spec, out, progress=lambda key: console.print(f"entry {key} …", highlight=False),
+                            only=entry or None)
     failed = {k: r for k, r in records.items() if r.get("status") != "done"}
     for key, record in failed.items():
         console.print(f"[red]entry {key} failed:[/] {record.get('error')}", highlight=False)

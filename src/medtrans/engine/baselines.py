@@ -8,8 +8,12 @@ sources, are the bar every entry must clear to show it learnt something spatial:
 - ``lookup``: target ≈ E[target | first source], the conditional mean in quantile bins of the first
   source, linearly interpolated between bin centres — the best any voxel-wise map of that source can
   do in L2 on the training data, so it also captures a contrast inversion that is not monotonic.
+- ``quantile``: histogram matching, the first source's training quantiles mapped onto the target's.
+  It uses the two marginal histograms only, never which voxel pairs with which: the bar for UNPAIRED
+  methods (unit, cyclegan), which cannot fit the paired maps above. Being monotonic, it cannot invert
+  a contrast (T1 → T2), which is what such a method must learn from the images.
 
-Neither sees a test target (unlike the demo's per-subject linear fit, which is an oracle).
+None sees a test target (unlike the demo's per-subject linear fit, which is an oracle).
 """
 
 from __future__ import annotations
@@ -58,10 +62,31 @@ def fit_lookup(sources: list[np.ndarray], target: np.ndarray, bins: int = LOOKUP
     return apply
 
 
+#: quantile levels of the histogram match (a 0.1 % grid: finer than any bin the lookup resolves)
+QUANTILE_LEVELS = 1001
+
+
+def fit_quantile(sources: list[np.ndarray], target: np.ndarray, levels: int = QUANTILE_LEVELS) -> Map:
+    """Histogram matching of the first source onto the target: monotonic, from the marginals alone."""
+    grid = np.linspace(0, 1, levels)
+    source_q = np.quantile(sources[0].astype(np.float64), grid)
+    target_q = np.quantile(target.astype(np.float64), grid)
+    # flat stretches of the source histogram (ties) would give np.interp repeated x: keep the first
+    source_q, first = np.unique(source_q, return_index=True)
+    target_q = target_q[first]
+
+    def apply(arrays: list[np.ndarray]) -> np.ndarray:
+        return np.interp(arrays[0], source_q, target_q).astype(np.float32)
+
+    return apply
+
+
 BASELINES: dict[str, tuple[Callable[[list[np.ndarray], np.ndarray], Map], str]] = {
     "linear": (fit_linear, "least-squares linear map of the sources, fitted on the training subjects"),
     "lookup": (fit_lookup, f"conditional mean of the target in {LOOKUP_BINS} quantile bins of the first "
                "source, fitted on the training subjects"),
+    "quantile": (fit_quantile, "histogram matching of the first source onto the target (marginals only: "
+                 "the unpaired bar), fitted on the training subjects"),
 }
 
 

@@ -355,11 +355,26 @@ def _predict_and_evaluate(job: dict[str, Any], run: Path) -> dict[str, Any]:
     return record
 
 
+def select_entries(entries: list[EntrySpec], only: list[str] | None, spec_path: str | os.PathLike
+                   ) -> list[EntrySpec]:
+    """The entries named in ``only`` (all when None), in the spec's order; an unknown name is an error."""
+    if not only:
+        return entries
+    names = [e.name for e in entries]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise MedtransError(spec_path, f"no entry named {', '.join(map(repr, unknown))}",
+                            f"use one of: {', '.join(names)}")
+    return [e for e in entries if e.name in only]
+
+
 def run_benchmark(spec_path: str | os.PathLike, out: str | os.PathLike,
-                  progress: Any = None) -> dict[str, Any]:
-    """Run every entry × seed not yet done; returns ``{entry_key: record}`` (also written per entry)."""
+                  progress: Any = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every entry × seed not yet done (or only the entries named in ``only``: the leaderboard then
+    ranks those and the baselines); returns ``{entry_key: record}`` (also written per entry)."""
     harness_start = time.perf_counter()
     spec, entries = load_spec(spec_path)
+    entries = select_entries(entries, only, spec_path)
     out = Path(out).resolve()
     (out / "entries").mkdir(parents=True, exist_ok=True)
     splits = write_split(spec, out)
