@@ -2,17 +2,25 @@
 
 Variants of ``configs/phantom_t1_t2_pix2pix.yaml`` (same PatchGAN, losses, optimiser, batch), trained
 through the real engine on the phantom leaderboard's data and split (``--data``, ``--splits``):
-``unet-transpose`` (the recipe), ``unet-resize`` and ``monai-basicunet`` (MONAI's ``BasicUNet`` with its
-default features as the generator; registered as a backbone inside this script only). Equal wall
-clock that a shared machine cannot skew: each variant's step time is measured first (a 2·k-step run
-minus a k-step run, interleaved, median of ``--repeats``), then each trains ``--seconds`` / its
-s/step steps, so the cosine schedule completes. Scored by the harness's evaluator (default preset,
-the dataset's body masks) on the test subjects; printed: PSNR / SSIM per subject and their mean
-difference to the MONAI peer, the Nyquist fraction of the prediction over the noise-free truth's
-(> 1: a checkerboard), parameters, s/step and steps.
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_unet_peer.py`` (about 10 minutes).
+``unet-transpose`` (the recipe), ``unet-resize``, ``unet-w32d4`` (depth 4, width 32), ``unet-basic``
+(BasicUNet's channel schedule in our U-Net: depth 4, ``widths`` 32, 32, 64, 128, 256), ``unet-basic16``
+(the same halved: 16, 16, 32, 64, 128) and ``monai-basicunet`` (MONAI's ``BasicUNet`` with its default
+features as the generator; registered as a backbone inside this script only; always run). Equal wall
+clock that a shared machine cannot skew: each variant's step time is measured first, once (a 2·k-step
+run minus a k-step run, interleaved, median of ``--repeats``), then each trains ``--seconds`` / its
+s/step steps, so the cosine schedule completes. ``--steps N`` instead trains every variant N steps
+(equal steps: no timing runs; s/step is then the training run's own seconds / steps, validation and
+checkpoint included). Each variant trains once per training seed (``--seeds``, the config's ``seed``:
+weight init and data order), seeds interleaved. Scored by the harness's evaluator (default preset, the
+dataset's body masks) on the test subjects. Printed: one JSON line per variant and seed (per-subject
+PSNR / SSIM, Nyquist), then a table: PSNR / SSIM means over subjects and seeds and their difference
+to the MONAI peer (also per seed), wins = PSNR above the peer's, paired per subject and seed, the
+Nyquist fraction of the prediction over the noise-free truth's (mean and max over subjects and seeds;
+> 1: a checkerboard), G+D parameters, s/step, steps and the training runs' mean seconds (validation
+and checkpoint included: on a loaded machine this is how far "equal wall clock" held).
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_unet_peer.py --seeds 0 1`` (about 10
+minutes per seed with the four default-timed variants at 120 s).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -61,16 +69,19 @@ VARIANTS = {
     "unet-resize": ["backbone.args.upsample=resize"],
     # the recipe's U-Net at BasicUNet's depth (4 poolings) and first width (32)
     "unet-w32d4": ["backbone.args.width=32", "backbone.args.depth=4"],
+    # BasicUNet's channel schedule (first two levels equal, 4 poolings) in our U-Net, and at half width
+    "unet-basic": ["backbone.args.depth=4", "backbone.args.widths=[32, 32, 64, 128, 256]"],
+    "unet-basic16": ["backbone.args.depth=4", "backbone.args.widths=[16, 16, 32, 64, 128]"],
     "monai-basicunet": ["backbone={name: monai_basicunet}"],
 }
 
 
-def config_for(variant: str, data: Path, splits: Path, steps: int, runs: Path):
+def config_for(variant: str, data: Path, splits: Path, steps: int, runs: Path, seed: int = 0):
     return load_config(REPO / "configs" / "phantom_t1_t2_pix2pix.yaml", [
         f"data.root={data}", f"data.splits_file={splits}", f"data.cache_dir={runs / 'cache'}",
         f"optim.steps={steps}", f"validation.every={steps}", f"checkpoint.every={steps}",
         "logging.progress=false", "logging.tensorboard=false", "logging.samples=false",
-        "validation.max_slices=2", "device=cpu", *VARIANTS[variant]])
+        "validation.max_slices=2", "device=cpu", f"seed={seed}", *VARIANTS[variant]])
 
 
 def timed_run(variant: str, data: Path, splits: Path, steps: int, runs: Path) -> float:
@@ -80,60 +91,84 @@ def timed_run(variant: str, data: Path, splits: Path, steps: int, runs: Path) ->
     return time.perf_counter() - start
 
 
+def score(variant: str, seed: int, s_step: float | None, steps: int, data: Path, splits: Path,
+          test: list[str], runs: Path) -> dict:
+    start = time.perf_counter()
+    run = train(config_for(variant, data, splits, steps, runs, seed), run_dir=runs / f"{variant}_s{seed}")
+    seconds = time.perf_counter() - start
+    predictor = Predictor.from_run(run, which="last", device="cpu")
+    out = runs / f"pred_{variant}_s{seed}"
+    predictor.predict_paths([data / s for s in test], out)
+    result = evaluate(out, data, preset="default")
+    nyquist = []
+    for s in test:
+        pred = torch.from_numpy(np.moveaxis(load(out / f"{s}.nii.gz").array, -1, 0)[:, None].copy())
+        truth = torch.from_numpy(np.moveaxis(load(data / s / "truth" / "t2.nii.gz").array, -1, 0)
+                                 [:, None].copy())
+        nyquist.append(nyquist_fraction(pred.float()) / nyquist_fraction(truth.float()))
+    return {"seed": seed, "s_per_step": s_step if s_step is not None else seconds / steps, "steps": steps,
+            "train_s": seconds, "params": sum(p.numel() for p in predictor.method.parameters()),
+            "psnr": {s: result.per_subject[s]["psnr"] for s in test},
+            "ssim": {s: result.per_subject[s]["ssim"] for s in test}, "nyquist": nyquist}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / "data" / "benchmark_phantom")
     parser.add_argument("--splits", type=Path, default=REPO / "runs" / "benchmark_families" / "splits.json")
     parser.add_argument("--seconds", type=float, default=120.0, help="training wall clock per variant")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train every variant this many steps instead (equal steps; no timing runs)")
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (config `seed`)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="a subset (the peer, monai-basicunet, is always run: every row is against it)")
     args = parser.parse_args()
     variants = list(dict.fromkeys([*args.variants, "monai-basicunet"]))
+    seeds = list(dict.fromkeys(args.seeds))
     test = json.loads(args.splits.read_text())["test"]
-    rows = {}
+    rows: dict[str, dict[int, dict]] = {v: {} for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         k = args.timing_steps
-        per_step: dict[str, list[float]] = {v: [] for v in variants}
-        for _ in range(args.repeats):  # interleaved, so a change of load hits every variant alike
+        s_steps: dict[str, float | None] = dict.fromkeys(variants)
+        if args.steps is None:  # step times once, interleaved, so a change of load hits every variant alike
+            per_step: dict[str, list[float]] = {v: [] for v in variants}
+            for _ in range(args.repeats):
+                for variant in variants:
+                    long = timed_run(variant, args.data, args.splits, 2 * k, runs)
+                    short = timed_run(variant, args.data, args.splits, k, runs)
+                    per_step[variant].append(max(long - short, 1e-3) / k)
+            s_steps = {v: statistics.median(per_step[v]) for v in variants}
+            print(json.dumps({"s_per_step": s_steps, "samples": per_step}), flush=True)
+        for seed in seeds:
             for variant in variants:
-                long = timed_run(variant, args.data, args.splits, 2 * k, runs)
-                short = timed_run(variant, args.data, args.splits, k, runs)
-                per_step[variant].append(max(long - short, 1e-3) / k)
-        for variant in variants:
-            s_step = statistics.median(per_step[variant])
-            steps = max(1, int(args.seconds / s_step))
-            start = time.perf_counter()
-            run = train(config_for(variant, args.data, args.splits, steps, runs), run_dir=runs / variant)
-            seconds = time.perf_counter() - start
-            predictor = Predictor.from_run(run, which="last", device="cpu")
-            out = runs / f"pred_{variant}"
-            predictor.predict_paths([args.data / s for s in test], out)
-            result = evaluate(out, args.data, preset="default")
-            nyquist = []
-            for s in test:
-                pred = torch.from_numpy(np.moveaxis(load(out / f"{s}.nii.gz").array, -1, 0)[:, None].copy())
-                truth = torch.from_numpy(np.moveaxis(load(args.data / s / "truth" / "t2.nii.gz").array, -1, 0)
-                                         [:, None].copy())
-                nyquist.append(nyquist_fraction(pred.float()) / nyquist_fraction(truth.float()))
-            rows[variant] = {"s_per_step": s_step, "steps": steps, "train_s": seconds,
-                             "params": sum(p.numel() for p in predictor.method.parameters()),
-                             "psnr": {s: result.per_subject[s]["psnr"] for s in test},
-                             "ssim": {s: result.per_subject[s]["ssim"] for s in test}, "nyquist": nyquist}
-            print(json.dumps({variant: rows[variant]}), flush=True)
+                s_step = s_steps[variant]
+                steps = args.steps if args.steps is not None else max(1, int(args.seconds / s_step))
+                rows[variant][seed] = score(variant, seed, s_step, steps, args.data, args.splits, test, runs)
+                print(json.dumps({variant: rows[variant][seed]}), flush=True)
     peer = rows["monai-basicunet"]
-    print(f"\n{'variant':<17}{'G+D params':>11}{'s/step':>8}{'steps':>7}{'PSNR':>8}{'Δ peer':>8}{'SSIM':>7}"
-          f"{'Δ peer':>8}  Nyquist × truth")
-    for variant, r in rows.items():
-        psnr, ssim = np.mean(list(r["psnr"].values())), np.mean(list(r["ssim"].values()))
-        dp = psnr - np.mean(list(peer["psnr"].values()))
-        ds = ssim - np.mean(list(peer["ssim"].values()))
-        wins = sum(r["psnr"][s] > peer["psnr"][s] for s in test)
-        print(f"{variant:<17}{r['params']:>11}{r['s_per_step']:8.3f}{r['steps']:7d}{psnr:8.2f}{dp:+8.2f}"
-              f"{ssim:7.3f}{ds:+8.3f}  {' / '.join(f'{x:.2f}' for x in r['nyquist'])}"
-              f"  (PSNR above the peer on {wins}/{len(test)} subjects)")
+    budget = f"{args.steps} steps each" if args.steps is not None else f"{args.seconds:g} s each"
+    print(f"\n{budget}; seeds {seeds}; {len(test)} test subjects; means over subjects and seeds")
+    print(f"{'variant':<17}{'G+D params':>11}{'s/step':>8}{'steps':>7}{'train s':>8}{'PSNR':>8}{'Δ peer':>8}"
+          f"{'Δ per seed':>16}{'SSIM':>7}{'Δ peer':>8}{'wins':>8}  Nyquist × truth mean (max)")
+    for variant, by_seed in rows.items():
+        psnr = np.mean([r["psnr"][s] for r in by_seed.values() for s in test])
+        ssim = np.mean([r["ssim"][s] for r in by_seed.values() for s in test])
+        dp = psnr - np.mean([r["psnr"][s] for r in peer.values() for s in test])
+        ds = ssim - np.mean([r["ssim"][s] for r in peer.values() for s in test])
+        per_seed = [np.mean([by_seed[seed]["psnr"][s] - peer[seed]["psnr"][s] for s in test])
+                    for seed in seeds]
+        wins = sum(by_seed[seed]["psnr"][s] > peer[seed]["psnr"][s] for seed in seeds for s in test)
+        nyq = [x for r in by_seed.values() for x in r["nyquist"]]
+        first = by_seed[seeds[0]]
+        steps = "/".join(sorted({str(r["steps"]) for r in by_seed.values()}))
+        s_step = np.mean([r["s_per_step"] for r in by_seed.values()])
+        train_s = np.mean([r["train_s"] for r in by_seed.values()])
+        print(f"{variant:<17}{first['params']:>11}{s_step:8.3f}{steps:>7}{train_s:8.0f}{psnr:8.2f}{dp:+8.2f}"
+              f"{' '.join(f'{d:+.2f}' for d in per_seed):>16}{ssim:7.3f}{ds:+8.3f}"
+              f"{f'{wins}/{len(seeds) * len(test)}':>8}  {np.mean(nyq):.2f} ({max(nyq):.2f})")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,32 @@ def test_unet_widths_double_per_level_up_to_the_cap():
     assert net.head[0].in_channels == 8
 
 
+@pytest.mark.parametrize(("spatial_dims", "size"), [(2, (33, 21)), (3, (13, 16, 11))])
+def test_unet_per_level_widths_set_the_real_channel_counts(spatial_dims, size):
+    """``widths`` replaces width·2**level: BasicUNet's schedule keeps the first two levels equal."""
+    torch.manual_seed(0)
+    net = build_backbone({"name": "unet", "depth": 3, "widths": [6, 6, 10, 12]}, spatial_dims, 2, 3)
+    assert net.widths == [6, 6, 10, 12]
+    x = torch.randn(1, 2, *size)
+    seen = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[1]))
+             for block in [net.stem, *net.down]]
+    out = net(x)
+    for hook in hooks:
+        hook.remove()
+    assert seen == [6, 6, 10, 12]
+    assert [block.up.out_channels for block in net.up] == [10, 6, 6]
+    assert net.head[0].in_channels == 6
+    assert out.shape == (1, 3, *size) and torch.isfinite(out).all()
+
+
+def test_unet_widths_of_the_wrong_length_are_a_clear_error():
+    with pytest.raises(MedtransError, match=r"must be 5 positive channel counts.*give depth \+ 1 = 5 widths"):
+        build_backbone({"name": "unet", "depth": 4, "widths": [32, 32, 64, 128]}, 2, 1, 1)
+    with pytest.raises(MedtransError, match="must be 2 positive"):
+        build_backbone({"name": "unet", "depth": 1, "widths": [8, 0]}, 2, 1, 1)
+
+
 @pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])
 @pytest.mark.parametrize("act", ["relu", "leaky_relu", "gelu", "silu", "elu"])
 def test_unet_norm_and_activation_options_build_and_run(norm, act):

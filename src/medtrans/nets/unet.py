@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medtrans.errors import MedtransError
 from medtrans.nets import blocks
 from medtrans.registry import BACKBONES
 
@@ -57,6 +58,9 @@ class UNet(blocks.TimeConditioned, nn.Module):
     Args:
         depth: number of 2× downsamplings (levels − 1).
         width: channels at the first level; doubled per level, capped at ``max_width``.
+        widths: optional per-level channel counts, ``depth + 1`` of them (first level first); when
+            given they replace ``width``·2**level and ``max_width`` (e.g. MONAI BasicUNet's
+            ``[32, 32, 64, 128, 256]`` with ``depth=4``). A list of another length is an error.
         norm: ``instance`` | ``batch`` | ``group`` | ``none``.
         activation: ``relu`` | ``leaky_relu`` | ``gelu`` | ``silu`` | ``elu``.
         dropout: probability of dropout between the two convolutions of every block.
@@ -83,13 +87,22 @@ class UNet(blocks.TimeConditioned, nn.Module):
         pad_mode: str = "replicate",
         time_dim: int = 0,
         upsample: str = "transpose",
+        widths: list[int] | tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = blocks.check_spatial_dims(spatial_dims)
         self.init_time(time_dim)
         self.depth = int(depth)
         self.pad_mode = pad_mode
-        widths = [min(width * 2**level, max_width) for level in range(self.depth + 1)]
+        if widths is None:
+            widths = [min(width * 2**level, max_width) for level in range(self.depth + 1)]
+        elif len(widths) != self.depth + 1 or any(int(w) < 1 for w in widths):
+            raise MedtransError(
+                None, f"unet widths {list(widths)} must be {self.depth + 1} positive channel counts "
+                f"(one per level at depth {self.depth})",
+                f"give depth + 1 = {self.depth + 1} widths, or set depth to len(widths) - 1")
+        widths = [int(w) for w in widths]
+        self.widths = widths
         self.stem = DoubleConv(spatial_dims, in_channels, widths[0], norm, activation, dropout,
                                self.films(widths[0]))
         self.down = nn.ModuleList(
