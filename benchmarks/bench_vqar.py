@@ -1,9 +1,9 @@
 """vqar costs and ceiling: stage-1 reconstruction PSNR, and sampling tokens/s with and without the KV cache.
 
 (b), measured first: a ``vqar`` with the recipe's transformer (random weights: speed does not depend
-on them) samples ``--batch`` slices of ``--slice``² (L = (slice / 4)² tokens each); printed: medians
-over ``--repeats`` of tokens/s with the cache and without it (the prefix re-run for every token, as
-MONAI does), and their ratio. (a) A brain phantom (``--subjects`` × ``--size``, T1 → T2) trains the
+on them) samples ``--batch`` slices of ``--slice``² (L = (slice / downsample)² tokens each: the
+recipe's 4×, or ``--downsample``); printed: medians over ``--repeats`` of tokens/s with the cache and
+without it (the prefix re-run for every token, as MONAI does), and their ratio. (a) A brain phantom (``--subjects`` × ``--size``, T1 → T2) trains the
 ``vqvae`` of ``configs/phantom_t2_vqvae.yaml`` (its autoencoder options) for ``--steps`` (0: skip)
 through the real trainer; printed: the validation reconstruction PSNR of the target (the ceiling of
 any vqar on it) and, as the reference from the same run, the PSNR of the validation T1 read as T2.
@@ -65,9 +65,12 @@ def main() -> None:
     parser.add_argument("--slice", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--downsample", type=int, default=None, help="token stride (default: the recipe's)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     recipe = yaml.safe_load((REPO / "configs" / "phantom_t1_t2_vqar.yaml").read_text())["method"]["args"]
+    if args.downsample is not None:
+        recipe["autoencoder"] = {**recipe["autoencoder"], "downsample": args.downsample}
     torch.manual_seed(0)
     method = VQAR(2, 1, **recipe).eval()
     source = torch.randn(args.batch, 1, args.slice, args.slice)
