@@ -1,12 +1,13 @@
 """vqar costs and ceiling: stage-1 reconstruction PSNR, and sampling tokens/s with and without the KV cache.
 
-(b), measured first: a ``vqar`` with the recipe's transformer (random weights: speed does not depend
-on them) samples ``--batch`` slices of ``--slice``² (L = (slice / downsample)² tokens each: the
-recipe's 4×, or ``--downsample``); printed: medians over ``--repeats`` of tokens/s with the cache and
-without it (the prefix re-run for every token, as MONAI does), and their ratio. (a) A brain phantom (``--subjects`` × ``--size``, T1 → T2) trains the
-``vqvae`` of ``configs/phantom_t2_vqvae.yaml`` (its autoencoder options) for ``--steps`` (0: skip)
-through the real trainer; printed: the validation reconstruction PSNR of the target (the ceiling of
-any vqar on it) and, as the reference from the same run, the PSNR of the validation T1 read as T2.
+(b), measured first: a ``vqar`` with the recipe's transformer (random weights: speed does not depend on
+them) samples ``--batch`` slices of ``--slice``² (L = (slice / downsample)² tokens each: the recipe's
+4×, or ``--downsample``); printed: medians over ``--repeats`` of tokens/s with the cache and without it
+(the prefix re-run for every token, as MONAI does), and their ratio. (a) A brain phantom (``--subjects``
+× ``--size``, T1 → T2) trains the ``vqvae`` of ``configs/phantom_t2_vqvae.yaml`` (its autoencoder
+options) for ``--steps`` (0: skip) through the real trainer; printed: the validation reconstruction PSNR
+of the target (the ceiling of any vqar on it) and, as the reference from the same run, the PSNR of the
+validation T1 read as T2.
 Run: ``.venv/bin/python benchmarks/bench_vqar.py`` (minutes on 2 cores).
 """
 

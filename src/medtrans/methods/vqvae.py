@@ -62,7 +62,7 @@ class VQVAE(Method):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int = 1,
                  autoencoder: dict[str, Any] | None = None, commitment: float = 0.25, loss: str = "l1",
-                 restart_every: int = 100) -> None:
+                 restart_every: int = 10) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
         self.vqvae = build_autoencoder(spatial_dims, out_channels, autoencoder)
         self.commitment = float(commitment)
