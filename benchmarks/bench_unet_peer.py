@@ -1,8 +1,10 @@
 """The pix2pix recipe against a MONAI-BasicUNet pix2pix at equal wall-clock time, and transpose vs resize.
 
-Variants of ``configs/phantom_t1_t2_pix2pix.yaml`` (same PatchGAN, losses, optimiser, batch), trained
-through the real engine on the phantom leaderboard's data and split (``--data``, ``--splits``):
-``unet-transpose`` (the recipe), ``unet-resize``, ``unet-w32d4`` (depth 4, width 32), ``unet-basic``
+Variants of ``configs/phantom_t1_t2_pix2pix.yaml`` (same PatchGAN, losses, optimiser, batch; or, with
+``--recipe``, of the regression recipe), trained through the real engine on the phantom leaderboard's
+data and split (``--data``, ``--splits``): ``unet-transpose`` (depth 3, width 16: the pix2pix recipe
+before it moved to ``unet-basic16``, and the regression recipe's), ``unet-resize`` (the same, resize
+upsampling), ``unet-w32d4`` (depth 4, width 32), ``unet-basic``
 (BasicUNet's channel schedule in our U-Net: depth 4, ``widths`` 32, 32, 64, 128, 256), ``unet-basic16``
 (the same halved: 16, 16, 32, 64, 128) and ``monai-basicunet`` (MONAI's ``BasicUNet`` with its default
 features as the generator; registered as a backbone inside this script only; always run). Equal wall
@@ -64,11 +66,13 @@ class MonaiBasicUNet(nn.Module):
         return self.net(x)
 
 
+#: the U-Net of the recipes before the pix2pix recipe moved to unet-basic16 (regression's still)
+OLD_RECIPE = ["backbone.args.depth=3", "backbone.args.width=16", "backbone.args.widths=null"]
 VARIANTS = {
-    "unet-transpose": [],
-    "unet-resize": ["backbone.args.upsample=resize"],
-    # the recipe's U-Net at BasicUNet's depth (4 poolings) and first width (32)
-    "unet-w32d4": ["backbone.args.width=32", "backbone.args.depth=4"],
+    "unet-transpose": OLD_RECIPE,
+    "unet-resize": [*OLD_RECIPE, "backbone.args.upsample=resize"],
+    # the old recipe's U-Net at BasicUNet's depth (4 poolings) and first width (32), doubling per level
+    "unet-w32d4": ["backbone.args.width=32", "backbone.args.depth=4", "backbone.args.widths=null"],
     # BasicUNet's channel schedule (first two levels equal, 4 poolings) in our U-Net, and at half width
     "unet-basic": ["backbone.args.depth=4", "backbone.args.widths=[32, 32, 64, 128, 256]"],
     "unet-basic16": ["backbone.args.depth=4", "backbone.args.widths=[16, 16, 32, 64, 128]"],
@@ -76,25 +80,30 @@ VARIANTS = {
 }
 
 
-def config_for(variant: str, data: Path, splits: Path, steps: int, runs: Path, seed: int = 0):
-    return load_config(REPO / "configs" / "phantom_t1_t2_pix2pix.yaml", [
+RECIPE = "phantom_t1_t2_pix2pix.yaml"  # --recipe
+
+
+def config_for(variant: str, data: Path, splits: Path, steps: int, runs: Path, seed: int = 0,
+               recipe: str = RECIPE):
+    return load_config(REPO / "configs" / recipe, [
         f"data.root={data}", f"data.splits_file={splits}", f"data.cache_dir={runs / 'cache'}",
         f"optim.steps={steps}", f"validation.every={steps}", f"checkpoint.every={steps}",
         "logging.progress=false", "logging.tensorboard=false", "logging.samples=false",
         "validation.max_slices=2", "device=cpu", f"seed={seed}", *VARIANTS[variant]])
 
 
-def timed_run(variant: str, data: Path, splits: Path, steps: int, runs: Path) -> float:
+def timed_run(variant: str, data: Path, splits: Path, steps: int, runs: Path, recipe: str) -> float:
     start = time.perf_counter()
     run_dir = runs / f"t_{variant}_{steps}_{time.time_ns()}"
-    train(config_for(variant, data, splits, steps, runs), run_dir=run_dir)
+    train(config_for(variant, data, splits, steps, runs, recipe=recipe), run_dir=run_dir)
     return time.perf_counter() - start
 
 
 def score(variant: str, seed: int, s_step: float | None, steps: int, data: Path, splits: Path,
-          test: list[str], runs: Path) -> dict:
+          test: list[str], runs: Path, recipe: str) -> dict:
     start = time.perf_counter()
-    run = train(config_for(variant, data, splits, steps, runs, seed), run_dir=runs / f"{variant}_s{seed}")
+    run = train(config_for(variant, data, splits, steps, runs, seed, recipe),
+                run_dir=runs / f"{variant}_s{seed}")
     seconds = time.perf_counter() - start
     predictor = Predictor.from_run(run, which="last", device="cpu")
     out = runs / f"pred_{variant}_s{seed}"
@@ -122,6 +131,8 @@ def main() -> None:
     parser.add_argument("--timing-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (config `seed`)")
+    parser.add_argument("--recipe", default=RECIPE, choices=[RECIPE, "phantom_t1_t2_regression.yaml"],
+                        help="the method around the generators: pix2pix (default) or regression")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="a subset (the peer, monai-basicunet, is always run: every row is against it)")
     args = parser.parse_args()
@@ -137,8 +148,8 @@ def main() -> None:
             per_step: dict[str, list[float]] = {v: [] for v in variants}
             for _ in range(args.repeats):
                 for variant in variants:
-                    long = timed_run(variant, args.data, args.splits, 2 * k, runs)
-                    short = timed_run(variant, args.data, args.splits, k, runs)
+                    long = timed_run(variant, args.data, args.splits, 2 * k, runs, args.recipe)
+                    short = timed_run(variant, args.data, args.splits, k, runs, args.recipe)
                     per_step[variant].append(max(long - short, 1e-3) / k)
             s_steps = {v: statistics.median(per_step[v]) for v in variants}
             print(json.dumps({"s_per_step": s_steps, "samples": per_step}), flush=True)
@@ -146,7 +157,8 @@ def main() -> None:
             for variant in variants:
                 s_step = s_steps[variant]
                 steps = args.steps if args.steps is not None else max(1, int(args.seconds / s_step))
-                rows[variant][seed] = score(variant, seed, s_step, steps, args.data, args.splits, test, runs)
+                rows[variant][seed] = score(variant, seed, s_step, steps, args.data, args.splits, test, runs,
+                                            args.recipe)
                 print(json.dumps({variant: rows[variant][seed]}), flush=True)
     peer = rows["monai-basicunet"]
     budget = f"{args.steps} steps each" if args.steps is not None else f"{args.seconds:g} s each"
