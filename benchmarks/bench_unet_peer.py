@@ -164,7 +164,7 @@ def main() -> None:
     budget = f"{args.steps} steps each" if args.steps is not None else f"{args.seconds:g} s each"
     print(f"\n{budget}; seeds {seeds}; {len(test)} test subjects; means over subjects and seeds")
     print(f"{'variant':<17}{'G+D params':>11}{'s/step':>8}{'steps':>7}{'train s':>8}{'PSNR':>8}{'Δ peer':>8}"
-          f"{'Δ per seed':>16}{'SSIM':>7}{'Δ peer':>8}{'wins':>8}  Nyquist × truth mean (max)")
+          f"  {'Δ per seed':>16}{'SSIM':>7}{'Δ peer':>8}{'wins':>8}  Nyquist × truth mean (max)")
     for variant, by_seed in rows.items():
         psnr = np.mean([r["psnr"][s] for r in by_seed.values() for s in test])
         ssim = np.mean([r["ssim"][s] for r in by_seed.values() for s in test])
@@ -179,7 +179,7 @@ def main() -> None:
         s_step = np.mean([r["s_per_step"] for r in by_seed.values()])
         train_s = np.mean([r["train_s"] for r in by_seed.values()])
         print(f"{variant:<17}{first['params']:>11}{s_step:8.3f}{steps:>7}{train_s:8.0f}{psnr:8.2f}{dp:+8.2f}"
-              f"{' '.join(f'{d:+.2f}' for d in per_seed):>16}{ssim:7.3f}{ds:+8.3f}"
+              f"  {' '.join(f'{d:+.2f}' for d in per_seed):>16}{ssim:7.3f}{ds:+8.3f}"
               f"{f'{wins}/{len(seeds) * len(test)}':>8}  {np.mean(nyq):.2f} ({max(nyq):.2f})")
 
 
