@@ -1,4 +1,4 @@
-"""The pix2pix recipe against a MONAI-BasicUNet pix2pix at equal wall-clock time, and transpose vs resize.
+"""U-Net generators against MONAI's BasicUNet at equal wall clock (pix2pix or regression).
 
 Variants of ``configs/phantom_t1_t2_pix2pix.yaml`` (same PatchGAN, losses, optimiser, batch; or, with
 ``--recipe``, of the regression recipe), trained through the real engine on the phantom leaderboard's
@@ -18,10 +18,11 @@ dataset's body masks) on the test subjects. Printed: one JSON line per variant a
 PSNR / SSIM, Nyquist), then a table: PSNR / SSIM means over subjects and seeds and their difference
 to the MONAI peer (also per seed), wins = PSNR above the peer's, paired per subject and seed, the
 Nyquist fraction of the prediction over the noise-free truth's (mean and max over subjects and seeds;
-> 1: a checkerboard), G+D parameters, s/step, steps and the training runs' mean seconds (validation
-and checkpoint included: on a loaded machine this is how far "equal wall clock" held).
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_unet_peer.py --seeds 0 1`` (about 10
-minutes per seed with the four default-timed variants at 120 s).
+> 1: a checkerboard), parameters (G + D under pix2pix), s/step, steps and the training runs' mean
+seconds (validation and checkpoint included: on a loaded machine this is how far "equal wall clock"
+held).
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_unet_peer.py --seeds 0 1`` (three variants
+and the peer at 150 s with 2 seeds took 22 minutes on one thread; docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ def main() -> None:
     peer = rows["monai-basicunet"]
     budget = f"{args.steps} steps each" if args.steps is not None else f"{args.seconds:g} s each"
     print(f"\n{budget}; seeds {seeds}; {len(test)} test subjects; means over subjects and seeds")
-    print(f"{'variant':<17}{'G+D params':>11}{'s/step':>8}{'steps':>7}{'train s':>8}{'PSNR':>8}{'Δ peer':>8}"
+    print(f"{'variant':<17}{'params':>11}{'s/step':>8}{'steps':>7}{'train s':>8}{'PSNR':>8}{'Δ peer':>8}"
           f"  {'Δ per seed':>16}{'SSIM':>7}{'Δ peer':>8}{'wins':>8}  Nyquist × truth mean (max)")
     for variant, by_seed in rows.items():
         psnr = np.mean([r["psnr"][s] for r in by_seed.values() for s in test])
