@@ -11,7 +11,7 @@ from medtrans.methods.schedules import Noise
 from medtrans.methods.vqar import VQAR, choose_tokens
 from medtrans.methods.vqvae import VQVAE
 from medtrans.nets.token_prior import Ordering
-from medtrans.nets.vq import VQAutoencoder, code_statistics
+from medtrans.nets.vq import Residual, VQAutoencoder, code_statistics
 
 K = 16
 STAGE1 = {"widths": [16], "downsample": 2, "num_embeddings": K, "embedding_dim": 8, "residual_blocks": 1,
@@ -96,7 +96,8 @@ def tiny_prior(**kwargs: object) -> VQAR:
     return VQAR(2, 1, autoencoder=TINY_STAGE1, dim=32, depth=1, heads=2, source_width=16, **kwargs)
 
 
-def test_prior_learns_a_deterministic_source_to_token_map() -> None:
+@pytest.mark.parametrize("source_depth", [0, 2])
+def test_prior_learns_a_deterministic_source_to_token_map(source_depth: int) -> None:
     torch.manual_seed(0)
     lookup = torch.randperm(K)  # source level → token: a deterministic map the prior must learn
 
@@ -105,7 +106,7 @@ def test_prior_learns_a_deterministic_source_to_token_map() -> None:
         source = (level.float() / 7.5 - 1)[:, None].repeat_interleave(2, 2).repeat_interleave(2, 3)
         return source, lookup[level]
 
-    method = tiny_prior(temperature=0.0)
+    method = tiny_prior(temperature=0.0, source_depth=source_depth)
     trained = [p for name, p in method.named_parameters() if not name.startswith("vqvae.")]
     optimizer = torch.optim.Adam(trained, lr=3e-3)
     for _ in range(250):
@@ -120,6 +121,16 @@ def test_prior_learns_a_deterministic_source_to_token_map() -> None:
     assert (greedy == tokens).float().mean() > 0.95
     method.temperature = 1e-4  # temperature → 0: sampling reproduces the greedy tokens
     assert torch.equal(method.generate(source, Noise.seeded(range(100, 132))), greedy)
+
+
+def test_source_depth_adds_residual_blocks_at_the_token_resolution() -> None:
+    shallow, deep = tiny_prior(), tiny_prior(source_depth=3)
+    blocks = [m for m in deep.source_encoder.net if isinstance(m, Residual)]
+    assert len(blocks) == 3 and not any(isinstance(m, Residual) for m in shallow.source_encoder.net)
+    source = torch.randn(2, 1, 8, 8)
+    assert deep.source_encoder(source).shape == shallow.source_encoder(source).shape == (2, 32, 4, 4)
+    with pytest.raises(MedtransError, match="source_depth -1 is negative"):
+        tiny_prior(source_depth=-1)
 
 
 def test_bos_is_never_sampled_even_when_it_is_the_likeliest() -> None:

@@ -29,6 +29,7 @@ from medtrans.methods.schedules import Noise
 from medtrans.methods.vqvae import build_autoencoder
 from medtrans.nets import blocks
 from medtrans.nets.token_prior import GridPositions, Ordering, TokenPrior
+from medtrans.nets.vq import Residual
 from medtrans.registry import METHODS
 
 
@@ -62,18 +63,21 @@ def choose_tokens(logits: Tensor, temperature: float, top_k: int | None, bos: in
 
 
 class SourceEncoder(nn.Module):
-    """Source image → (B, dim, *grid) features at the token resolution (stride ``downsample``).
+    """Source image → (B, dim, *grid) features at the token resolution (stride ``downsample``), with
+    ``depth`` residual blocks there (each cell's feature must tell which of K target codes fits it).
 
     No normalisation layers: per-image statistics would remove the absolute intensities, which is
     what a contrast's tokens depend on."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, width: int, dim: int, downsample: int) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, width: int, dim: int, downsample: int,
+                 depth: int = 0) -> None:
         super().__init__()
         sd = spatial_dims
         layers: list[nn.Module] = [blocks.ConvNormAct(sd, in_channels, width, norm_name="none", act="silu")]
         for _ in range(int(downsample).bit_length() - 1):
             layers.append(blocks.ConvNormAct(sd, width, width, kernel_size=4, stride=2, padding=1,
                                              norm_name="none", act="silu"))
+        layers += [Residual(sd, width, norm="none") for _ in range(int(depth))]
         layers.append(blocks.conv(sd, width, dim, kernel_size=1))
         self.net = nn.Sequential(*layers)
 
@@ -90,6 +94,7 @@ class VQAR(Method):
             ``init_from``; a mismatch is reported tensor by tensor when they are loaded).
         dim, depth, heads, dropout: the transformer (FAMILIES.md: 256–512, 8–12, 8 at full scale).
         source_width: width of the source CNN encoder.
+        source_depth: residual blocks of the source encoder at the token resolution.
         positions: ``learned`` (one embedding per grid axis, up to ``max_grid`` cells) or ``sinusoidal``.
         ordering: ``raster`` or ``s_curve`` reading order of the token grid.
         temperature: sampling temperature (0: greedy, deterministic).
@@ -105,13 +110,16 @@ class VQAR(Method):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int = 1,
                  autoencoder: dict[str, Any] | None = None, dim: int = 128, depth: int = 4, heads: int = 4,
-                 dropout: float = 0.0, source_width: int = 32, positions: str = "learned",
+                 dropout: float = 0.0, source_width: int = 32, source_depth: int = 0,
+                 positions: str = "learned",
                  ordering: str = "raster", max_grid: int = 128, temperature: float = 1.0,
                  top_k: int | None = None, kv_cache: bool = True) -> None:
         super().__init__(spatial_dims, in_channels, out_channels)
         self.vqvae = build_autoencoder(spatial_dims, out_channels, autoencoder)
+        if source_depth < 0:
+            raise MedtransError(None, f"source_depth {source_depth} is negative", "use 0 or more blocks")
         self.source_encoder = SourceEncoder(spatial_dims, in_channels, source_width, dim,
-                                            self.vqvae.downsample)
+                                            self.vqvae.downsample, source_depth)
         self.positions = GridPositions(positions, spatial_dims, dim, max_grid)
         self.prior = TokenPrior(self.vqvae.num_embeddings, dim, depth, heads, dropout)
         self.ordering = check_choice("ordering", ordering, ("raster", "s_curve"))

@@ -112,11 +112,13 @@ def code_statistics(indices: Tensor, num_embeddings: int) -> tuple[Tensor, Tenso
     return (counts > 0).float().mean(), perplexity
 
 
-class _Residual(nn.Module):
-    def __init__(self, spatial_dims: int, channels: int) -> None:
+class Residual(nn.Module):
+    """x + conv1(act(norm(conv3(x)))): the residual block of the VQ autoencoder and vqar's source encoder."""
+
+    def __init__(self, spatial_dims: int, channels: int, norm: str = "group") -> None:
         super().__init__()
         self.body = nn.Sequential(
-            blocks.ConvNormAct(spatial_dims, channels, channels, norm_name="group", act="silu"),
+            blocks.ConvNormAct(spatial_dims, channels, channels, norm_name=norm, act="silu"),
             blocks.conv(spatial_dims, channels, channels, kernel_size=1),
         )
 
@@ -152,12 +154,12 @@ class VQAutoencoder(nn.Module):
         enc: list[nn.Module] = [blocks.conv(sd, channels, width_at[0])]
         for i in range(levels):
             enc += [nn.SiLU(), blocks.conv(sd, width_at[i], width_at[i + 1], 4, stride=2, padding=1)]
-        enc += [_Residual(sd, width_at[-1]) for _ in range(residual_blocks)]
+        enc += [Residual(sd, width_at[-1]) for _ in range(residual_blocks)]
         enc += [nn.SiLU(), blocks.conv(sd, width_at[-1], embedding_dim, kernel_size=1)]
         self.encoder = nn.Sequential(*enc)
         self.quantizer = EMAQuantizer(num_embeddings, embedding_dim, decay, epsilon)
         dec: list[nn.Module] = [blocks.conv(sd, embedding_dim, width_at[-1])]
-        dec += [_Residual(sd, width_at[-1]) for _ in range(residual_blocks)]
+        dec += [Residual(sd, width_at[-1]) for _ in range(residual_blocks)]
         for i in reversed(range(levels)):
             dec += [nn.SiLU(), blocks.conv_transpose(sd, width_at[i + 1], width_at[i], 4, 2, padding=1)]
         dec += [nn.SiLU(), blocks.conv(sd, width_at[0], channels)]
