@@ -30,7 +30,8 @@ from medtrans.methods.schedules import Noise
 from medtrans.nets import blocks
 
 
-def test_slices(plan, root: Path, subject: str, every: int = 3) -> tuple[torch.Tensor, ...]:
+def model_space_slices(plan, root: Path, subject: str, stride: int,
+                       every: int = 3) -> tuple[torch.Tensor, ...]:
     """(source, target, mask) slices of one subject in model space, padded to the token stride."""
     volumes = {m: load(find_modality(root / subject, m), modality=m) for m in (*plan.sources, plan.target)}
     prepared = plan.prepare_subject(volumes, subject=subject)
@@ -39,8 +40,9 @@ def test_slices(plan, root: Path, subject: str, every: int = 3) -> tuple[torch.T
     keep = [i for i in range(0, mask.shape[0], every) if mask[i].sum() > 0]
     source = np.stack([np.moveaxis(prepared.arrays[m], axis, 0)[keep] for m in plan.sources], axis=1)
     target = np.moveaxis(prepared.arrays[plan.target], axis, 0)[keep][:, None]
-    return (torch.from_numpy(source).float(), torch.from_numpy(target).float(),
-            torch.from_numpy(mask[keep][:, None].astype(bool)))
+    padded = [blocks.pad_to_multiple(torch.from_numpy(np.ascontiguousarray(a)).float(), stride)[0]
+              for a in (source, target, mask[keep][:, None])]
+    return padded[0], padded[1], padded[2].bool()
 
 
 def main() -> None:
@@ -58,11 +60,7 @@ def main() -> None:
     print(f"{'subject':10}{'slices':>8}{'TF acc':>9}{'free acc':>10}{'ratio':>7}{'miss dist':>11}"
           f"{'MSE stage 1':>13}{'MSE vqar':>10}{'ratio':>7}")
     for subject in json.loads(args.splits.read_text())["test"]:
-        source, target, mask = test_slices(plan, args.root, subject)
-        source, _ = blocks.pad_to_multiple(source, stride)
-        target, _ = blocks.pad_to_multiple(target, stride)
-        mask, _ = blocks.pad_to_multiple(mask.float(), stride)
-        inside = mask.bool()
+        source, target, inside = model_space_slices(plan, args.root, subject, stride)
         with torch.no_grad():
             tokens = method.vqvae.tokens(target)
             forced = float(method.token_losses(source, tokens)["accuracy"])
