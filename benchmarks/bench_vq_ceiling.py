@@ -71,14 +71,15 @@ def main() -> None:
         folder = Path(tmp) / "reconstruction"
         target = reconstruct_test(args.vqvae_run, args.root, subjects, folder)
         ceiling = evaluate(folder, args.root, preset=args.preset, ref_modality=target).per_subject
-    rows = {"ceiling": {s: ceiling[s][args.metric] for s in subjects}}
-    for run in args.compare:
-        rows[run.name] = per_subject(run / "eval" / "per_subject.csv", args.metric)
-    print(f"{'':16}" + "".join(f"{s:>10}" for s in subjects) + f"{'mean':>10}{'Δ ceiling':>11}")
-    base = np.mean([rows["ceiling"][s] for s in subjects])
-    for name, values in rows.items():
+    # labelled by the path as given: harness runs of two specs share their entry names
+    rows = [("ceiling", {s: ceiling[s][args.metric] for s in subjects})]
+    rows += [(str(run), per_subject(run / "eval" / "per_subject.csv", args.metric)) for run in args.compare]
+    width = max(16, *(len(name) + 2 for name, _ in rows))
+    print(f"{'':{width}}" + "".join(f"{s:>10}" for s in subjects) + f"{'mean':>10}{'Δ ceiling':>11}")
+    base = np.mean([rows[0][1][s] for s in subjects])
+    for name, values in rows:
         mean = float(np.mean([values[s] for s in subjects]))
-        print(f"{name:16}" + "".join(f"{values[s]:10.2f}" for s in subjects) + f"{mean:10.2f}"
+        print(f"{name:{width}}" + "".join(f"{values[s]:10.2f}" for s in subjects) + f"{mean:10.2f}"
               f"{mean - base:+11.2f}")
     print(f"{args.metric} under preset {args.preset!r}; ceiling: {args.vqvae_run} (checkpoints/last) "
           "reconstructing each test target")
